@@ -1,0 +1,232 @@
+/*
+ * conf: the INI configuration file, parsed with inih into one validated struct.
+ *
+ * conf_load() reads a file and either returns a complete, read-only struct conf or a
+ * list of every error found, each as "file:line: key: what is wrong". It never does
+ * network I/O and never exits the process; main.c decides what to do with errors.
+ */
+#ifndef PROXY_CONF_H
+#define PROXY_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CONF_DEFAULT_PATH "/etc/smtp-tls-proxy/smtp-tls-proxy.ini"
+#define CONF_HOST_MAX 255
+
+/* A "host:port" or "[v6]:port" from the file. host is a name or a numeric address. */
+struct conf_addr {
+    char host[CONF_HOST_MAX + 1];
+    uint16_t port;
+    /* true when host is a numeric IPv4/IPv6 address; then sa holds it with the port. */
+    bool numeric;
+    struct sockaddr_storage sa;
+    socklen_t sa_len;
+};
+
+/* An IPv4 or IPv6 network, as in "192.0.2.0/24" or "2001:db8::/32". */
+struct conf_cidr {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    uint8_t prefix_len;
+};
+
+enum conf_mode {
+    CONF_MODE_FORWARD = 0,
+    CONF_MODE_TRANSPARENT,
+};
+
+enum conf_proxy_protocol {
+    CONF_PROXY_PROTOCOL_OFF = 0,
+    CONF_PROXY_PROTOCOL_V1,
+    CONF_PROXY_PROTOCOL_V2,
+    CONF_PROXY_PROTOCOL_ANY,
+};
+
+enum conf_identity {
+    CONF_IDENTITY_NONE = 0,
+    CONF_IDENTITY_XCLIENT,
+    CONF_IDENTITY_PROXY_V1,
+    CONF_IDENTITY_PROXY_V2,
+    CONF_IDENTITY_SPOOF,
+};
+
+enum conf_front_starttls {
+    CONF_FRONT_STARTTLS_OFFER = 0,
+    CONF_FRONT_STARTTLS_STRIP,
+};
+
+enum conf_back_starttls {
+    CONF_BACK_STARTTLS_OFF = 0,
+    CONF_BACK_STARTTLS_MAY,
+    CONF_BACK_STARTTLS_REQUIRE,
+};
+
+enum conf_verify {
+    CONF_VERIFY_NONE = 0,
+    CONF_VERIFY_CA,
+};
+
+/* TLS protocol versions, ordered; values are not BoringSSL's constants. */
+enum conf_tls_version {
+    CONF_TLS_1_0 = 0,
+    CONF_TLS_1_1,
+    CONF_TLS_1_2,
+    CONF_TLS_1_3,
+};
+
+/* Steps of the leg-2 fallback ladder, in the order they are configured. */
+enum conf_fallback_step {
+    CONF_FALLBACK_NO_CLIENT_CERT = 0,
+    CONF_FALLBACK_TLS12,
+    CONF_FALLBACK_CLEARTEXT,
+};
+
+enum conf_log_level {
+    CONF_LOG_ERROR = 0,
+    CONF_LOG_WARN,
+    CONF_LOG_INFO,
+    CONF_LOG_DEBUG,
+};
+
+enum conf_log_format {
+    CONF_LOG_TEXT = 0,
+    CONF_LOG_JSON,
+};
+
+/* One [upstream_policy] line: a pattern and the leg-2 policy for it. */
+enum conf_pattern_kind {
+    CONF_PATTERN_NAME = 0, /* exact host name, case-insensitive */
+    CONF_PATTERN_WILDCARD, /* "*.example.com": any name ending in ".example.com" */
+    CONF_PATTERN_CIDR,     /* an address or network */
+};
+
+struct conf_policy {
+    enum conf_pattern_kind kind;
+    char name[CONF_HOST_MAX + 1]; /* lower case; for WILDCARD without the leading '*' */
+    struct conf_cidr cidr;
+    enum conf_back_starttls starttls;
+};
+
+#define CONF_LISTEN_MAX 16
+#define CONF_CIDR_MAX 64
+#define CONF_CERT_MAX 4
+#define CONF_POLICY_MAX 256
+#define CONF_FALLBACK_STEPS_MAX 3
+
+struct conf {
+    char *path; /* the file this was loaded from */
+
+    /* [proxy] */
+    struct conf_addr listen[CONF_LISTEN_MAX];
+    size_t n_listen;
+    enum conf_mode mode;
+    struct conf_addr upstream;
+    char hostname[CONF_HOST_MAX + 1]; /* never empty after conf_load() */
+    unsigned workers;                 /* 0 means auto: one per core */
+    unsigned max_connections;
+    size_t max_line_len; /* command line cap, CRLF included */
+    uint64_t drain_timeout_ms;
+    char *user; /* drop privileges to this user after binding; NULL: stay */
+    enum conf_proxy_protocol proxy_protocol;
+    enum conf_identity upstream_identity;
+
+    /* [client_tls]: leg 1, front */
+    struct {
+        enum conf_front_starttls starttls;
+        bool require;
+        char *certificate[CONF_CERT_MAX]; /* paths; certificate[i] pairs with key[i] */
+        char *key[CONF_CERT_MAX];
+        size_t n_certificate;
+        enum conf_tls_version min_protocol;
+        char *ciphers; /* NULL: BoringSSL's default */
+        bool learn_failures;
+        uint64_t learn_ttl_ms;
+        size_t learn_max_entries;
+        struct conf_cidr never_offer_to[CONF_CIDR_MAX];
+        size_t n_never_offer_to;
+        struct conf_cidr always_offer_to[CONF_CIDR_MAX];
+        size_t n_always_offer_to;
+    } front_tls;
+
+    /* [upstream_tls]: leg 2, back */
+    struct {
+        enum conf_back_starttls starttls;
+        bool fallback;
+        enum conf_fallback_step fallback_steps[CONF_FALLBACK_STEPS_MAX];
+        size_t n_fallback_steps;
+        uint64_t remember_failures_ms;
+        size_t remember_max_entries;
+        char *certificate; /* NULL: no client certificate */
+        char *key;
+        enum conf_verify verify;
+        char *ca_file;
+    } back_tls;
+
+    /* [upstream_policy] in file order */
+    struct conf_policy policy[CONF_POLICY_MAX];
+    size_t n_policy;
+
+    /* [timeouts], milliseconds */
+    struct {
+        uint64_t connect_ms;
+        uint64_t greeting_ms;
+        uint64_t tls_handshake_ms;
+        uint64_t command_ms;
+        uint64_t data_block_ms;
+        uint64_t data_end_ms;
+    } timeouts;
+
+    /* [log] */
+    enum conf_log_level log_level;
+    enum conf_log_format log_format;
+
+    /* [metrics] */
+    bool metrics_enabled;
+    struct conf_addr metrics_listen;
+};
+
+/* conf_errors collects error lines; each is "file:line: key: message". */
+struct conf_errors {
+    char **lines;
+    size_t n_lines;
+};
+
+/*
+ * conf_load reads and validates |path|. On success it returns a new struct conf (caller
+ * frees with conf_free()) and leaves |out_errors| empty. On failure it returns NULL and
+ * fills |out_errors| with every problem found (caller frees with conf_errors_cleanup()).
+ */
+struct conf *conf_load(struct conf_errors *out_errors, const char *path);
+
+/* conf_free releases everything conf_load() allocated. conf_free(NULL) does nothing. */
+void conf_free(struct conf *conf);
+
+/* conf_errors_cleanup frees the error lines; the struct may be reused afterwards. */
+void conf_errors_cleanup(struct conf_errors *errors);
+
+/*
+ * conf_parse_duration parses "30s", "5m", "1h", "1d", "250ms" or a bare number of seconds
+ * into milliseconds. Returns true on success.
+ */
+bool conf_parse_duration(uint64_t *out_ms, const char *text);
+
+/* conf_parse_size parses "512", "64k", "10M", "1G" (powers of 1024) into bytes. */
+bool conf_parse_size(uint64_t *out_bytes, const char *text);
+
+/*
+ * conf_parse_addr parses "host:port", "[v6]:port" or "*:port" (all IPv4 addresses) into
+ * |out|. Returns true on success; a numeric host also fills out->sa.
+ */
+bool conf_parse_addr(struct conf_addr *out, const char *text);
+
+/* conf_parse_cidr parses "192.0.2.1", "192.0.2.0/24", "2001:db8::/32". */
+bool conf_parse_cidr(struct conf_cidr *out, const char *text);
+
+/* conf_cidr_match tells whether the socket address |sa| lies in |cidr|. An IPv4-mapped
+ * IPv6 address matches IPv4 networks. */
+bool conf_cidr_match(const struct conf_cidr *cidr, const struct sockaddr *sa);
+
+#endif

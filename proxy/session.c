@@ -1,0 +1,1362 @@
+/*
+ * session: one client connection (the front) and the upstream connection opened for it
+ * (the back), relayed as SMTP, not as a byte pipe.
+ *
+ * Commands are read line by line, checked, and forwarded; every forwarded or locally
+ * answered line takes one place in the pending queue, so replies reach the client in
+ * PIPELINING order (RFC 2920). DATA content is streamed without buffering the message and
+ * its end is found by the smtp scanner; BDAT chunks are counted. The session never sends
+ * the client a reply the upstream did not send, except the proxy's own errors, and never
+ * lets a message be completed upstream unless the client completed it.
+ */
+#include "session.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <uv.h>
+
+#include "buf.h"
+#include "conf.h"
+#include "log.h"
+#include "smtp.h"
+#include "worker.h"
+
+/* One read takes at most this much; input beyond it waits in the kernel (back-pressure). */
+#define SESSION_READ_SIZE (64 * 1024)
+#define SESSION_IN_MAX (2 * SESSION_READ_SIZE)
+/* Stop reading a leg while the other leg has this much unsent. */
+#define SESSION_HIGH_WATER (128 * 1024)
+/* Hard cap of one side's unsent bytes; reaching it is a bug, not a peer's doing. */
+#define SESSION_OUT_MAX (SESSION_HIGH_WATER + SESSION_IN_MAX + SMTP_EHLO_REPLY_MAX + 4096)
+/* Commands forwarded or answered but not yet replied to; more wait in the input buffer. */
+#define SESSION_PENDING_MAX 64
+/* After the last reply, how long the client may go on sending before we close anyway. */
+#define SESSION_LINGER_MS 2000
+#define SESSION_ADDR_MAX 56
+
+enum session_state {
+    SESSION_BACK_RESOLVING = 0, /* waiting for the upstream name to resolve */
+    SESSION_BACK_CONNECTING,    /* waiting for the TCP connection to the upstream */
+    SESSION_BACK_GREETING,      /* waiting for the upstream's greeting */
+    SESSION_RELAY,              /* relaying commands and replies */
+    SESSION_CLOSING,            /* flushing our last reply to the client, then closing */
+};
+
+/* What the front bytes are, in SESSION_RELAY. */
+enum session_front_mode {
+    SESSION_FRONT_COMMAND = 0, /* command lines */
+    SESSION_FRONT_SKIP_LINE,   /* the rest of an over-long line, to throw away */
+    SESSION_FRONT_DATA,        /* DATA content, relayed until CRLF.CRLF */
+    SESSION_FRONT_DATA_REJECT, /* DATA content after a bare CR or LF, thrown away */
+    SESSION_FRONT_CHUNK,       /* BDAT chunk bytes, relayed or thrown away */
+};
+
+/* What a place in the pending queue waits for. */
+enum session_pending_kind {
+    SESSION_PENDING_LOCAL = 0, /* our own reply, sent when it reaches the head */
+    SESSION_PENDING_EHLO,      /* the upstream's EHLO reply, edited before relaying */
+    SESSION_PENDING_DATA,      /* 354 switches the front to content */
+    SESSION_PENDING_DATA_END,  /* the verdict on a message sent with DATA */
+    SESSION_PENDING_BDAT,      /* a chunk that is not the last */
+    SESSION_PENDING_BDAT_LAST, /* the verdict on a message sent with BDAT */
+    SESSION_PENDING_AUTH,      /* 334 makes the client's next line a SASL response */
+    SESSION_PENDING_QUIT,      /* the session ends after this reply */
+    SESSION_PENDING_OTHER,     /* any other command: relay the reply */
+};
+
+/* The proxy's own replies to commands (not the session-ending 421s, which are built with
+ * the host name). */
+enum session_local_reply {
+    SESSION_LOCAL_LINE_TOO_LONG = 0,
+    SESSION_LOCAL_BAD_BYTES,
+    SESSION_LOCAL_MAIL_PATH_TOO_LONG,
+    SESSION_LOCAL_RCPT_PATH_TOO_LONG,
+    SESSION_LOCAL_PATH_SYNTAX,
+    SESSION_LOCAL_BDAT_SYNTAX,
+    SESSION_LOCAL_STARTTLS_UNAVAILABLE,
+    SESSION_LOCAL_BDAT_UNSUPPORTED,
+    SESSION_LOCAL_BARE_EOL,
+    SESSION_LOCAL_BYE,
+};
+
+static const char *const session_local_replies[] = {
+    [SESSION_LOCAL_LINE_TOO_LONG] = "500 5.5.2 Line too long\r\n",
+    [SESSION_LOCAL_BAD_BYTES] = "500 5.5.2 Syntax error: NUL or bare CR in command\r\n",
+    [SESSION_LOCAL_MAIL_PATH_TOO_LONG] = "501 5.1.7 Path too long\r\n",
+    [SESSION_LOCAL_RCPT_PATH_TOO_LONG] = "501 5.1.3 Path too long\r\n",
+    [SESSION_LOCAL_PATH_SYNTAX] = "501 5.5.4 Syntax: MAIL FROM:<address> or RCPT TO:<address>\r\n",
+    [SESSION_LOCAL_BDAT_SYNTAX] = "501 5.5.4 Syntax: BDAT size [LAST]\r\n",
+    /* Leg 1 TLS is not there yet: we never advertise STARTTLS, so it is "not implemented"
+     * (502), not "temporarily unavailable" (454), which would invite a retry. */
+    [SESSION_LOCAL_STARTTLS_UNAVAILABLE] = "502 5.5.1 STARTTLS not available\r\n",
+    [SESSION_LOCAL_BDAT_UNSUPPORTED] = "502 5.5.1 BDAT not supported by this server\r\n",
+    [SESSION_LOCAL_BARE_EOL] = "550 5.5.2 Message rejected: bare CR or LF in content "
+                               "(RFC 5321 section 2.3.8)\r\n",
+    [SESSION_LOCAL_BYE] = "221 2.0.0 Bye\r\n",
+};
+
+struct session_pending {
+    uint8_t kind;  /* enum session_pending_kind */
+    uint8_t local; /* enum session_local_reply, for SESSION_PENDING_LOCAL */
+};
+
+/* One leg: its socket and the bytes in each direction. */
+struct session_side {
+    uv_tcp_t tcp;
+    uv_write_t write_req;
+    struct buf in;    /* read, not yet processed */
+    struct buf out;   /* handed to uv_write: must not move until its callback */
+    struct buf queue; /* waiting behind |out| */
+    uint64_t bytes_read;
+    bool open;    /* tcp is initialised and not yet closing */
+    bool reading; /* uv_read_start is in force */
+    bool writing; /* a uv_write is in flight */
+    bool eof;     /* the peer will send no more */
+};
+
+struct session {
+    uint64_t id;
+    struct worker *worker;
+    const struct conf *conf;
+    struct session *prev, *next; /* the worker's list */
+    enum session_state state;
+    int n_handles; /* open handles and requests; freed at zero */
+
+    struct session_side front;
+    struct session_side back;
+    uv_timer_t timer;
+    uv_connect_t connect_req;
+    uv_shutdown_t shutdown_req;
+    uv_getaddrinfo_t *resolve_req; /* separately allocated: it may outlive a cancel */
+    struct addrinfo *addrs;
+    struct addrinfo *next_addr;
+
+    enum session_front_mode front_mode;
+    struct smtp_data_scanner scanner;
+    uint64_t chunk_left;
+    bool chunk_discard;
+    bool wait_data_reply;   /* DATA forwarded: the next bytes depend on its reply */
+    bool auth_continuation; /* the next line answers a 334 */
+    bool back_dead;         /* upstream aborted on purpose; answer the rest ourselves */
+    bool counted;           /* counted in worker_connections */
+    bool lingering;         /* front shut down for writing; reading to drain */
+    bool closing_timed;     /* the SESSION_CLOSING deadline is running */
+    unsigned connect_attempts;
+
+    struct session_pending pending[SESSION_PENDING_MAX];
+    unsigned pending_head;
+    unsigned n_pending;
+    struct smtp_reply_parser reply_parser;
+    struct buf ehlo_reply; /* the EHLO reply being collected for editing */
+    unsigned back_caps;    /* enum smtp_cap flags of the last EHLO reply */
+
+    uint64_t started_ms;
+    uint64_t messages;
+    const char *end_reason;
+    char front_addr[SESSION_ADDR_MAX];
+    char back_addr[SESSION_ADDR_MAX];
+};
+
+static const char *session_state_name(enum session_state state)
+{
+    switch (state) {
+    case SESSION_BACK_RESOLVING:
+        return "back-resolving";
+    case SESSION_BACK_CONNECTING:
+        return "back-connecting";
+    case SESSION_BACK_GREETING:
+        return "back-greeting";
+    case SESSION_RELAY:
+        return "relay";
+    case SESSION_CLOSING:
+        return "closing";
+    }
+    return "?";
+}
+
+static void session_enter(struct session *s, enum session_state next)
+{
+    log_debug(s->id, "state", "from=%s to=%s", session_state_name(s->state),
+              session_state_name(next));
+    s->state = next;
+}
+
+static void session_after_io(struct session *s);
+static void session_finish(struct session *s, const char *reason, const char *status,
+                           const char *text);
+static void session_abort(struct session *s, const char *reason);
+static void session_front_process(struct session *s);
+static void session_back_connect_next(struct session *s);
+
+static void session_format_addr(char *out, size_t out_size, const struct sockaddr *sa)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+        snprintf(out, out_size, "%s:%u", host, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+        snprintf(out, out_size, "[%s]:%u", host, port);
+    } else {
+        snprintf(out, out_size, "?");
+    }
+}
+
+/* ---- lifetime ---------------------------------------------------------------------- */
+
+static void session_free(struct session *s)
+{
+    uint64_t duration_ms = uv_now(&s->worker->loop) - s->started_ms;
+    log_info(s->id, "session",
+             "client=%s upstream=%s bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " messages=%" PRIu64
+             " front_tls=none back_tls=none duration_ms=%" PRIu64 " end=%s",
+             s->front_addr, s->back_addr[0] != '\0' ? s->back_addr : s->conf->upstream.host,
+             s->front.bytes_read, s->back.bytes_read, s->messages, duration_ms,
+             s->end_reason != NULL ? s->end_reason : "unknown");
+    if (s->addrs != NULL) {
+        uv_freeaddrinfo(s->addrs);
+    }
+    struct session_side *sides[] = {&s->front, &s->back};
+    for (size_t i = 0; i < 2; i++) {
+        buf_cleanup(&sides[i]->in);
+        buf_cleanup(&sides[i]->out);
+        buf_cleanup(&sides[i]->queue);
+    }
+    buf_cleanup(&s->ehlo_reply);
+    if (s->prev != NULL) {
+        s->prev->next = s->next;
+    } else {
+        s->worker->sessions = s->next;
+    }
+    if (s->next != NULL) {
+        s->next->prev = s->prev;
+    }
+    if (s->counted) {
+        worker_connections--;
+    }
+    free(s);
+}
+
+static void session_unref(struct session *s)
+{
+    assert(s->n_handles > 0);
+    if (--s->n_handles == 0) {
+        session_free(s);
+    }
+}
+
+static void session_on_handle_closed(uv_handle_t *handle)
+{
+    session_unref(handle->data);
+}
+
+static void session_on_back_closed(uv_handle_t *handle)
+{
+    struct session *s = handle->data;
+    /* A failed connect attempt closes the socket before the next address is tried. */
+    if (s->state == SESSION_BACK_CONNECTING) {
+        session_back_connect_next(s);
+    }
+    session_unref(s);
+}
+
+static void session_side_close(struct session *s, struct session_side *side, bool reset)
+{
+    if (!side->open) {
+        return;
+    }
+    side->open = false;
+    side->reading = false;
+    uv_close_cb cb = side == &s->back ? session_on_back_closed : session_on_handle_closed;
+    /* A reset tells the upstream the message was not finished: it must discard it. */
+    if (reset && uv_tcp_close_reset(&side->tcp, cb) == 0) {
+        return;
+    }
+    uv_close((uv_handle_t *)&side->tcp, cb);
+}
+
+/* session_back_abort closes the upstream leg at once, without end-of-data. */
+static void session_back_abort(struct session *s)
+{
+    buf_cleanup(&s->back.queue);
+    session_side_close(s, &s->back, true);
+}
+
+static bool session_front_in_body(const struct session *s)
+{
+    return s->front_mode == SESSION_FRONT_DATA || s->front_mode == SESSION_FRONT_CHUNK ||
+           s->front_mode == SESSION_FRONT_DATA_REJECT;
+}
+
+/* A message is under way upstream: closing now must not let it complete. */
+static bool session_mid_message(const struct session *s)
+{
+    return session_front_in_body(s) || s->wait_data_reply;
+}
+
+/* session_abort closes everything now; the client gets nothing more. */
+static void session_abort(struct session *s, const char *reason)
+{
+    if (s->end_reason == NULL) {
+        s->end_reason = reason;
+    }
+    if (s->state != SESSION_CLOSING) {
+        session_enter(s, SESSION_CLOSING);
+    }
+    if (s->resolve_req != NULL) {
+        uv_cancel((uv_req_t *)s->resolve_req);
+    }
+    session_side_close(s, &s->back, session_mid_message(s));
+    session_side_close(s, &s->front, false);
+    if (!uv_is_closing((uv_handle_t *)&s->timer)) {
+        uv_close((uv_handle_t *)&s->timer, session_on_handle_closed);
+    }
+}
+
+/* ---- output -------------------------------------------------------------------------- */
+
+static size_t session_unsent(const struct session_side *side)
+{
+    return buf_len(&side->out) + buf_len(&side->queue);
+}
+
+static void session_queue(struct session *s, struct session_side *side, const void *data,
+                          size_t len)
+{
+    if (!side->open) {
+        return;
+    }
+    if (buf_append(&side->queue, data, len, SESSION_OUT_MAX) != 0) {
+        session_abort(s, "out-of-memory");
+    }
+}
+
+static void session_on_write(uv_write_t *req, int status);
+
+static void session_flush(struct session *s, struct session_side *side)
+{
+    if (!side->open || side->writing || buf_len(&side->queue) == 0) {
+        return;
+    }
+    /* Most writes fit in the socket buffer: try without queueing a request first. */
+    uv_buf_t b = uv_buf_init(buf_head(&side->queue), (unsigned)buf_len(&side->queue));
+    int n = uv_try_write((uv_stream_t *)&side->tcp, &b, 1);
+    if (n > 0) {
+        buf_consume(&side->queue, (size_t)n);
+        if (buf_len(&side->queue) == 0) {
+            return;
+        }
+    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+        session_abort(s, side == &s->front ? "client-write-error" : "upstream-write-error");
+        return;
+    }
+    /* The rest goes in flight from |out|, which nothing touches until the callback. */
+    struct buf tmp = side->out;
+    side->out = side->queue;
+    side->queue = tmp;
+    b = uv_buf_init(buf_head(&side->out), (unsigned)buf_len(&side->out));
+    int rc = uv_write(&side->write_req, (uv_stream_t *)&side->tcp, &b, 1, session_on_write);
+    if (rc != 0) {
+        session_abort(s, side == &s->front ? "client-write-error" : "upstream-write-error");
+        return;
+    }
+    side->writing = true;
+}
+
+/*
+ * session_send_body writes message content to the upstream without copying when nothing
+ * is queued ahead of it; only what the socket does not take now is copied.
+ */
+static void session_send_body(struct session *s, const char *data, size_t len)
+{
+    struct session_side *side = &s->back;
+    if (!side->open || len == 0) {
+        return;
+    }
+    if (!side->writing && buf_len(&side->queue) == 0) {
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&side->tcp, &b, 1);
+        if (n > 0) {
+            data += n;
+            len -= (size_t)n;
+        } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+            session_abort(s, "upstream-write-error");
+            return;
+        }
+    }
+    session_queue(s, side, data, len);
+}
+
+static void session_on_front_shutdown(uv_shutdown_t *req, int status)
+{
+    struct session *s = req->data;
+    (void)status;
+    session_unref(s);
+}
+
+/* In SESSION_CLOSING: once our last reply is out, half-close and drain the client's
+ * input for a moment, so a client still sending reads our reply instead of a reset. */
+static void session_closing_progress(struct session *s)
+{
+    if (!s->front.open || s->front.writing || buf_len(&s->front.queue) > 0 || s->lingering) {
+        return;
+    }
+    if (s->front.eof) {
+        session_abort(s, s->end_reason);
+        return;
+    }
+    s->lingering = true;
+    s->shutdown_req.data = s;
+    if (uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->front.tcp, session_on_front_shutdown) !=
+        0) {
+        session_abort(s, s->end_reason);
+        return;
+    }
+    s->n_handles++;
+}
+
+static void session_on_write(uv_write_t *req, int status)
+{
+    struct session_side *side = req->data;
+    struct session *s = side->tcp.data;
+    side->writing = false;
+    buf_cleanup(&side->out);
+    if (status < 0) {
+        if (status != UV_ECANCELED) {
+            session_abort(s, side == &s->front ? "client-write-error" : "upstream-write-error");
+        }
+        return;
+    }
+    /* Input held back by back-pressure may go on now. */
+    session_front_process(s);
+    session_after_io(s);
+}
+
+/* ---- reading ------------------------------------------------------------------------- */
+
+static void session_on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *out)
+{
+    struct session *s = handle->data;
+    struct session_side *side = handle == (uv_handle_t *)&s->front.tcp ? &s->front : &s->back;
+    (void)suggested;
+    if (buf_reserve(&side->in, SESSION_READ_SIZE, SESSION_IN_MAX) != 0) {
+        *out = uv_buf_init(NULL, 0);
+        return;
+    }
+    *out = uv_buf_init(buf_tail(&side->in), (unsigned)buf_tail_len(&side->in));
+}
+
+static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b);
+static void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b);
+
+static void session_set_reading(struct session_side *side, bool want, uv_read_cb cb)
+{
+    if (!side->open || want == side->reading) {
+        return;
+    }
+    if (want) {
+        if (uv_read_start((uv_stream_t *)&side->tcp, session_on_alloc, cb) == 0) {
+            side->reading = true;
+        }
+    } else {
+        uv_read_stop((uv_stream_t *)&side->tcp);
+        side->reading = false;
+    }
+}
+
+static void session_update_reading(struct session *s)
+{
+    bool front_want = false;
+    bool back_want = false;
+    if (s->state == SESSION_RELAY) {
+        front_want = !s->front.eof && buf_len(&s->front.in) < SESSION_READ_SIZE &&
+                     session_unsent(&s->back) < SESSION_HIGH_WATER;
+        back_want = !s->back.eof && buf_len(&s->back.in) < SESSION_READ_SIZE &&
+                    session_unsent(&s->front) < SESSION_HIGH_WATER;
+    } else if (s->state == SESSION_BACK_GREETING) {
+        back_want = !s->back.eof && session_unsent(&s->front) < SESSION_HIGH_WATER;
+    } else if (s->state == SESSION_CLOSING) {
+        front_want = s->lingering && !s->front.eof;
+    }
+    session_set_reading(&s->front, front_want, session_on_front_read);
+    session_set_reading(&s->back, back_want, session_on_back_read);
+}
+
+static void session_on_timeout(uv_timer_t *timer);
+
+/* session_arm_timer picks the timeout for what the session waits for now (RFC 5321
+ * section 4.5.3.2). */
+static void session_arm_timer(struct session *s)
+{
+    const struct conf *c = s->conf;
+    uint64_t ms = c->timeouts.command_ms;
+    switch (s->state) {
+    case SESSION_BACK_RESOLVING:
+    case SESSION_BACK_CONNECTING:
+        ms = c->timeouts.connect_ms;
+        break;
+    case SESSION_BACK_GREETING:
+        ms = c->timeouts.greeting_ms;
+        break;
+    case SESSION_RELAY:
+        if (session_front_in_body(s)) {
+            ms = c->timeouts.data_block_ms;
+        } else if (s->n_pending > 0) {
+            enum session_pending_kind head = s->pending[s->pending_head].kind;
+            if (head == SESSION_PENDING_DATA_END || head == SESSION_PENDING_BDAT_LAST) {
+                ms = c->timeouts.data_end_ms;
+            }
+        }
+        break;
+    case SESSION_CLOSING:
+        return; /* session_after_io sets one deadline for closing */
+    }
+    uv_timer_start(&s->timer, session_on_timeout, ms, 0);
+}
+
+/* session_after_io runs at the end of every callback: flush, adjust reading, re-arm. */
+static void session_after_io(struct session *s)
+{
+    session_flush(s, &s->back);
+    session_flush(s, &s->front);
+    if (s->state == SESSION_CLOSING) {
+        /* One deadline for the whole goodbye: a client that neither reads our last reply
+         * nor closes is cut off after it. */
+        if (!s->closing_timed && !uv_is_closing((uv_handle_t *)&s->timer)) {
+            s->closing_timed = true;
+            uv_timer_start(&s->timer, session_on_timeout, SESSION_LINGER_MS, 0);
+        }
+        session_closing_progress(s);
+        if (s->front.open) {
+            session_update_reading(s);
+        }
+        return;
+    }
+    session_update_reading(s);
+    session_arm_timer(s);
+}
+
+/* ---- the pending queue ----------------------------------------------------------------- */
+
+static void session_push(struct session *s, enum session_pending_kind kind,
+                         enum session_local_reply local)
+{
+    assert(s->n_pending < SESSION_PENDING_MAX);
+    unsigned slot = (s->pending_head + s->n_pending) % SESSION_PENDING_MAX;
+    s->pending[slot].kind = (uint8_t)kind;
+    s->pending[slot].local = (uint8_t)local;
+    s->n_pending++;
+}
+
+static void session_pop(struct session *s)
+{
+    s->pending_head = (s->pending_head + 1) % SESSION_PENDING_MAX;
+    s->n_pending--;
+}
+
+/* Our own replies go out as soon as every reply queued before them has. */
+static void session_send_ready_local_replies(struct session *s)
+{
+    while (s->n_pending > 0 && s->pending[s->pending_head].kind == SESSION_PENDING_LOCAL) {
+        const char *reply = session_local_replies[s->pending[s->pending_head].local];
+        session_queue(s, &s->front, reply, strlen(reply));
+        session_pop(s);
+    }
+}
+
+static void session_reply_locally(struct session *s, enum session_local_reply local)
+{
+    session_push(s, SESSION_PENDING_LOCAL, local);
+    session_send_ready_local_replies(s);
+}
+
+/* ---- ending ---------------------------------------------------------------------------- */
+
+/*
+ * session_finish ends the session gracefully: the client gets the reply "|status| <our
+ * host name> |text|" (none when status is NULL), the upstream leg is closed (reset when a
+ * message was in progress, so it is never completed), and the front closes once the reply
+ * is out.
+ */
+static void session_finish(struct session *s, const char *reason, const char *status,
+                           const char *text)
+{
+    if (s->state == SESSION_CLOSING) {
+        return;
+    }
+    if (s->end_reason == NULL) {
+        s->end_reason = reason;
+    }
+    if (s->resolve_req != NULL) {
+        uv_cancel((uv_req_t *)s->resolve_req);
+    }
+    bool mid_message = session_mid_message(s);
+    session_enter(s, SESSION_CLOSING);
+    session_side_close(s, &s->back, mid_message);
+    if (status != NULL) {
+        char reply[512];
+        int n = snprintf(reply, sizeof(reply), "%s %s %s\r\n", status, s->conf->hostname, text);
+        if (n > 0 && (size_t)n < sizeof(reply)) {
+            session_queue(s, &s->front, reply, (size_t)n);
+        }
+    }
+    buf_cleanup(&s->front.in);
+}
+
+static void session_back_failed(struct session *s, const char *reason)
+{
+    if (s->back_dead) {
+        return;
+    }
+    log_warn(s->id, "upstream-lost", "upstream=%s reason=%s", s->back_addr, reason);
+    session_finish(s, reason, "421 4.4.2", "Upstream connection lost, closing connection");
+}
+
+/* ---- front: commands and content ------------------------------------------------------- */
+
+static bool session_front_blocked(const struct session *s)
+{
+    return s->state != SESSION_RELAY || s->wait_data_reply || s->n_pending == SESSION_PENDING_MAX ||
+           session_unsent(&s->back) >= SESSION_HIGH_WATER;
+}
+
+static void session_forward_line(struct session *s, const char *line, size_t len,
+                                 enum session_pending_kind kind)
+{
+    session_queue(s, &s->back, line, len);
+    session_queue(s, &s->back, "\r\n", 2);
+    session_push(s, kind, 0);
+}
+
+/* session_front_command handles one complete command line (ending removed). */
+static void session_front_command(struct session *s, const char *line, size_t len)
+{
+    if (s->auth_continuation) {
+        /* A SASL response, not a command: relay it whatever it looks like. */
+        s->auth_continuation = false;
+        session_forward_line(s, line, len, SESSION_PENDING_AUTH);
+        return;
+    }
+    /* NUL or CR inside a line could end or split it differently upstream. */
+    if (memchr(line, '\0', len) != NULL || memchr(line, '\r', len) != NULL) {
+        session_reply_locally(s, SESSION_LOCAL_BAD_BYTES);
+        return;
+    }
+    struct smtp_command cmd;
+    enum smtp_result rc = smtp_command_parse(&cmd, line, len);
+    log_debug(s->id, "command", "verb=%d len=%zu", (int)cmd.verb, len);
+    if (s->back_dead) {
+        if (cmd.verb == SMTP_VERB_QUIT) {
+            session_reply_locally(s, SESSION_LOCAL_BYE);
+            session_finish(s, "quit", NULL, NULL);
+        } else {
+            session_finish(s, "message-rejected", "421 4.4.2",
+                           "Closing connection after rejected message");
+        }
+        return;
+    }
+    if (rc == SMTP_PATH_TOO_LONG) {
+        session_reply_locally(s, cmd.verb == SMTP_VERB_MAIL ? SESSION_LOCAL_MAIL_PATH_TOO_LONG
+                                                            : SESSION_LOCAL_RCPT_PATH_TOO_LONG);
+        return;
+    }
+    if (rc != SMTP_OK) {
+        if (cmd.verb == SMTP_VERB_BDAT) {
+            session_reply_locally(s, SESSION_LOCAL_BDAT_SYNTAX);
+        } else if (cmd.verb == SMTP_VERB_MAIL || cmd.verb == SMTP_VERB_RCPT) {
+            session_reply_locally(s, SESSION_LOCAL_PATH_SYNTAX);
+        } else {
+            session_reply_locally(s, SESSION_LOCAL_BAD_BYTES);
+        }
+        return;
+    }
+    switch (cmd.verb) {
+    case SMTP_VERB_EHLO:
+        session_forward_line(s, line, len, SESSION_PENDING_EHLO);
+        break;
+    case SMTP_VERB_STARTTLS:
+        session_reply_locally(s, SESSION_LOCAL_STARTTLS_UNAVAILABLE);
+        break;
+    case SMTP_VERB_DATA:
+        /* RFC 2920: DATA ends a pipelined group; what follows depends on its reply. */
+        session_forward_line(s, line, len, SESSION_PENDING_DATA);
+        s->wait_data_reply = true;
+        break;
+    case SMTP_VERB_BDAT:
+        s->front_mode = SESSION_FRONT_CHUNK;
+        s->chunk_left = cmd.bdat_size;
+        /* Without CHUNKING upstream the chunk would be read there as commands: answer
+         * here and swallow it (RFC 3030 section 2: the chunk is read even when refused). */
+        s->chunk_discard = (s->back_caps & SMTP_CAP_CHUNKING) == 0;
+        if (s->chunk_discard) {
+            session_reply_locally(s, SESSION_LOCAL_BDAT_UNSUPPORTED);
+        } else {
+            session_forward_line(s, line, len,
+                                 cmd.bdat_last ? SESSION_PENDING_BDAT_LAST : SESSION_PENDING_BDAT);
+        }
+        break;
+    case SMTP_VERB_QUIT:
+        session_forward_line(s, line, len, SESSION_PENDING_QUIT);
+        break;
+    case SMTP_VERB_AUTH:
+        session_forward_line(s, line, len, SESSION_PENDING_AUTH);
+        break;
+    default:
+        session_forward_line(s, line, len, SESSION_PENDING_OTHER);
+        break;
+    }
+}
+
+/* Each session_front_* step consumes a prefix of |data| and returns its length; 0 means
+ * nothing can be done with these bytes yet. */
+
+static size_t session_front_commands(struct session *s, const char *data, size_t len)
+{
+    size_t line_len;
+    size_t eol_len;
+    switch (smtp_line_find(&line_len, &eol_len, data, len, s->conf->max_line_len)) {
+    case SMTP_OK:
+        session_front_command(s, data, line_len);
+        return line_len + eol_len;
+    case SMTP_TOO_LONG:
+        /* RFC 5321 section 4.5.3.1.4; the reply waits for the end of the line so the
+         * session stays in step: one reply per line. */
+        if (line_len > 0 && data[line_len - 1] == '\n') {
+            session_reply_locally(s, SESSION_LOCAL_LINE_TOO_LONG);
+        } else {
+            s->front_mode = SESSION_FRONT_SKIP_LINE;
+        }
+        return line_len;
+    default:
+        return 0;
+    }
+}
+
+static size_t session_front_skip_line(struct session *s, const char *data, size_t len)
+{
+    const char *lf = memchr(data, '\n', len);
+    if (lf == NULL) {
+        return len;
+    }
+    s->front_mode = SESSION_FRONT_COMMAND;
+    session_reply_locally(s, SESSION_LOCAL_LINE_TOO_LONG);
+    return (size_t)(lf - data) + 1;
+}
+
+static size_t session_front_data(struct session *s, const char *data, size_t len)
+{
+    size_t used;
+    switch (smtp_data_scan(&s->scanner, &used, data, len)) {
+    case SMTP_DATA_MORE:
+        session_send_body(s, data, len);
+        return len;
+    case SMTP_DATA_END:
+        session_send_body(s, data, used);
+        s->front_mode = SESSION_FRONT_COMMAND;
+        session_push(s, SESSION_PENDING_DATA_END, 0);
+        return used;
+    case SMTP_DATA_BARE_EOL:
+        /* SMTP smuggling (CVE-2023-51764): the upstream might read a "." line ended by a
+         * bare CR or LF as the end of data. It gets nothing more of this message: its
+         * connection is reset, so it discards the partial message. */
+        log_warn(s->id, "message-rejected", "reason=bare-cr-or-lf offset=%zu", used);
+        s->back_dead = true;
+        session_back_abort(s);
+        s->front_mode = SESSION_FRONT_DATA_REJECT;
+        smtp_data_scanner_init(&s->scanner);
+        return used;
+    }
+    return 0;
+}
+
+static size_t session_front_data_reject(struct session *s, const char *data, size_t len)
+{
+    size_t used;
+    if (!smtp_skip_bad_data(&s->scanner, &used, data, len)) {
+        return len;
+    }
+    s->front_mode = SESSION_FRONT_COMMAND;
+    session_reply_locally(s, SESSION_LOCAL_BARE_EOL);
+    return used;
+}
+
+static size_t session_front_chunk(struct session *s, const char *data, size_t len)
+{
+    size_t take = s->chunk_left < len ? (size_t)s->chunk_left : len;
+    if (!s->chunk_discard) {
+        session_send_body(s, data, take);
+    }
+    s->chunk_left -= take;
+    if (s->chunk_left == 0) {
+        s->front_mode = SESSION_FRONT_COMMAND;
+    }
+    return take;
+}
+
+static void session_front_process(struct session *s)
+{
+    while (!session_front_blocked(s)) {
+        size_t len = buf_len(&s->front.in);
+        /* A BDAT 0 chunk is complete without any byte. */
+        if (s->front_mode == SESSION_FRONT_CHUNK && s->chunk_left == 0) {
+            s->front_mode = SESSION_FRONT_COMMAND;
+        }
+        if (len == 0) {
+            break;
+        }
+        const char *data = buf_head(&s->front.in);
+        size_t used = 0;
+        switch (s->front_mode) {
+        case SESSION_FRONT_COMMAND:
+            used = session_front_commands(s, data, len);
+            break;
+        case SESSION_FRONT_SKIP_LINE:
+            used = session_front_skip_line(s, data, len);
+            break;
+        case SESSION_FRONT_DATA:
+            used = session_front_data(s, data, len);
+            break;
+        case SESSION_FRONT_DATA_REJECT:
+            used = session_front_data_reject(s, data, len);
+            break;
+        case SESSION_FRONT_CHUNK:
+            used = session_front_chunk(s, data, len);
+            break;
+        }
+        if (used == 0) {
+            break;
+        }
+        buf_consume(&s->front.in, used);
+    }
+    if (s->state == SESSION_RELAY && s->front.eof && s->n_pending == 0 &&
+        !session_front_blocked(s)) {
+        session_finish(s, "client-closed", NULL, NULL);
+    }
+}
+
+/* The client has sent its last byte. */
+static void session_front_eof(struct session *s, const char *reason)
+{
+    s->front.eof = true;
+    if (session_mid_message(s)) {
+        /* Client lost mid-message: the upstream must never see an end-of-data. */
+        log_warn(s->id, "client-lost-in-data", "client=%s", s->front_addr);
+        session_abort(s, "client-lost-in-data");
+        return;
+    }
+    s->end_reason = s->end_reason != NULL ? s->end_reason : reason;
+    /* Replies still due are awaited (a pipelining client may send its last commands and
+     * close at once); session_front_process ends the session when nothing is left. */
+    session_front_process(s);
+}
+
+static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
+{
+    struct session *s = stream->data;
+    (void)b;
+    if (nread == 0) {
+        return;
+    }
+    if (nread > 0) {
+        buf_commit(&s->front.in, (size_t)nread);
+        s->front.bytes_read += (uint64_t)nread;
+    }
+    switch (s->state) {
+    case SESSION_RELAY:
+        if (nread < 0) {
+            session_front_eof(s, nread == UV_EOF ? "client-closed" : "client-error");
+        } else {
+            session_front_process(s);
+        }
+        break;
+    case SESSION_CLOSING:
+        /* Lingering: the client's words no longer matter. */
+        buf_cleanup(&s->front.in);
+        if (nread < 0) {
+            s->front.eof = true;
+            session_abort(s, s->end_reason);
+        }
+        break;
+    default:
+        log_warn(s->id, "bug", "front read in state %s", session_state_name(s->state));
+        assert(!"front read in unexpected state");
+        session_abort(s, "internal-error");
+        return;
+    }
+    if (s->front.open) {
+        session_after_io(s);
+    }
+}
+
+/* ---- back: replies ----------------------------------------------------------------------- */
+
+static void session_relay_reply_line(struct session *s, const char *line, size_t len)
+{
+    session_queue(s, &s->front, line, len);
+    session_queue(s, &s->front, "\r\n", 2);
+}
+
+/* session_reply_done acts on the complete reply to the head of the pending queue. */
+static void session_reply_done(struct session *s, enum session_pending_kind kind, int code)
+{
+    switch (kind) {
+    case SESSION_PENDING_DATA:
+        s->wait_data_reply = false;
+        if (code == 354) {
+            s->front_mode = SESSION_FRONT_DATA;
+            smtp_data_scanner_init(&s->scanner);
+        }
+        break;
+    case SESSION_PENDING_DATA_END:
+    case SESSION_PENDING_BDAT_LAST:
+        if (code >= 200 && code < 300) {
+            s->messages++;
+        }
+        break;
+    case SESSION_PENDING_AUTH:
+        s->auth_continuation = code == 334;
+        break;
+    case SESSION_PENDING_QUIT:
+        session_finish(s, "quit", NULL, NULL);
+        break;
+    default:
+        break;
+    }
+}
+
+static void session_ehlo_reply_done(struct session *s, int code)
+{
+    size_t len = buf_len(&s->ehlo_reply);
+    if (code != 250) {
+        session_queue(s, &s->front, buf_head(&s->ehlo_reply), len);
+        buf_cleanup(&s->ehlo_reply);
+        return;
+    }
+    /* TODO(leg1-tls): advertise STARTTLS here once the front can do TLS. */
+    size_t cap = len + 32;
+    if (buf_reserve(&s->front.queue, cap, SESSION_OUT_MAX) != 0) {
+        session_abort(s, "out-of-memory");
+        return;
+    }
+    size_t out_len = 0;
+    unsigned caps = 0;
+    if (smtp_ehlo_edit(buf_tail(&s->front.queue), &out_len, &caps, cap, buf_head(&s->ehlo_reply),
+                       len, false) != SMTP_OK) {
+        buf_cleanup(&s->ehlo_reply);
+        session_back_failed(s, "bad-ehlo-reply");
+        return;
+    }
+    buf_commit(&s->front.queue, out_len);
+    s->back_caps = caps;
+    buf_cleanup(&s->ehlo_reply);
+}
+
+/* session_back_reply_line handles one reply line from the upstream in SESSION_RELAY. */
+static void session_back_reply_line(struct session *s, const char *line, size_t len)
+{
+    int code = 0;
+    bool done = false;
+    if (smtp_reply_parse_line(&s->reply_parser, &code, &done, line, len) != SMTP_OK) {
+        char text[80];
+        log_warn(s->id, "upstream-protocol-error", "line=\"%s\"",
+                 log_escape(text, sizeof(text), line, len, 60));
+        session_back_failed(s, "upstream-protocol-error");
+        return;
+    }
+    if (s->n_pending == 0) {
+        /* Unsolicited: only a 421 (RFC 5321 section 3.8) means something; pass it on. */
+        if (s->reply_parser.code == 421 || code == 421) {
+            session_relay_reply_line(s, line, len);
+            if (done) {
+                session_finish(s, "upstream-421", NULL, NULL);
+            }
+        } else {
+            char text[80];
+            log_warn(s->id, "upstream-unsolicited", "line=\"%s\"",
+                     log_escape(text, sizeof(text), line, len, 60));
+        }
+        return;
+    }
+    enum session_pending_kind kind = s->pending[s->pending_head].kind;
+    assert(kind != SESSION_PENDING_LOCAL);
+    if (kind == SESSION_PENDING_EHLO) {
+        if (buf_append(&s->ehlo_reply, line, len, SMTP_EHLO_REPLY_MAX) != 0 ||
+            buf_append(&s->ehlo_reply, "\r\n", 2, SMTP_EHLO_REPLY_MAX) != 0) {
+            session_back_failed(s, "ehlo-reply-too-long");
+            return;
+        }
+    } else {
+        session_relay_reply_line(s, line, len);
+    }
+    if (!done) {
+        return;
+    }
+    session_pop(s);
+    if (kind == SESSION_PENDING_EHLO) {
+        session_ehlo_reply_done(s, code);
+    } else {
+        session_reply_done(s, kind, code);
+    }
+    if (s->state != SESSION_RELAY) {
+        return;
+    }
+    session_send_ready_local_replies(s);
+}
+
+/* session_back_greeting_line relays one line of the upstream's greeting. */
+static void session_back_greeting_line(struct session *s, const char *line, size_t len)
+{
+    int code = 0;
+    bool done = false;
+    if (smtp_reply_parse_line(&s->reply_parser, &code, &done, line, len) != SMTP_OK) {
+        char text[80];
+        log_warn(s->id, "upstream-protocol-error", "greeting=\"%s\"",
+                 log_escape(text, sizeof(text), line, len, 60));
+        session_finish(s, "upstream-protocol-error", "421 4.4.0",
+                       "Upstream unavailable, try again later");
+        return;
+    }
+    session_relay_reply_line(s, line, len);
+    if (done) {
+        session_enter(s, SESSION_RELAY);
+    }
+}
+
+static void session_back_process(struct session *s)
+{
+    while (s->state == SESSION_BACK_GREETING || s->state == SESSION_RELAY) {
+        size_t len = buf_len(&s->back.in);
+        if (len == 0) {
+            return;
+        }
+        const char *data = buf_head(&s->back.in);
+        size_t line_len;
+        size_t eol_len;
+        enum smtp_result rc = smtp_line_find(&line_len, &eol_len, data, len, SMTP_REPLY_LINE_MAX);
+        if (rc == SMTP_NEED_MORE) {
+            return;
+        }
+        if (rc != SMTP_OK) {
+            session_back_failed(s, "reply-line-too-long");
+            return;
+        }
+        /* A CR before the LF belongs to the line ending, not the text. */
+        if (s->state == SESSION_BACK_GREETING) {
+            session_back_greeting_line(s, data, line_len);
+        } else {
+            session_back_reply_line(s, data, line_len);
+        }
+        buf_consume(&s->back.in, line_len + eol_len);
+    }
+}
+
+static void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
+{
+    struct session *s = stream->data;
+    (void)b;
+    if (nread == 0) {
+        return;
+    }
+    if (nread > 0) {
+        buf_commit(&s->back.in, (size_t)nread);
+        s->back.bytes_read += (uint64_t)nread;
+    }
+    switch (s->state) {
+    case SESSION_BACK_GREETING:
+    case SESSION_RELAY:
+        if (nread > 0) {
+            session_back_process(s);
+            if (s->state == SESSION_RELAY) {
+                session_front_process(s);
+            }
+        } else {
+            s->back.eof = true;
+            session_side_close(s, &s->back, false);
+            if (s->state == SESSION_BACK_GREETING) {
+                log_warn(s->id, "upstream-closed-before-greeting", "upstream=%s", s->back_addr);
+                session_finish(s, "upstream-unreachable", "421 4.4.0",
+                               "Upstream unavailable, try again later");
+            } else {
+                session_back_failed(s, nread == UV_EOF ? "upstream-closed" : "upstream-error");
+            }
+        }
+        break;
+    default:
+        log_warn(s->id, "bug", "back read in state %s", session_state_name(s->state));
+        assert(!"back read in unexpected state");
+        session_abort(s, "internal-error");
+        return;
+    }
+    if (s->front.open) {
+        session_after_io(s);
+    }
+}
+
+/* ---- back: resolving and connecting ------------------------------------------------------ */
+
+static void session_on_back_connect(uv_connect_t *req, int status)
+{
+    struct session *s = req->data;
+    session_unref(s); /* the request */
+    if (status == UV_ECANCELED || s->state != SESSION_BACK_CONNECTING) {
+        return;
+    }
+    if (status < 0) {
+        log_warn(s->id, "upstream-connect-failed", "upstream=%s error=\"%s\"", s->back_addr,
+                 uv_strerror(status));
+        session_side_close(s, &s->back, false); /* its close callback tries the next one */
+        return;
+    }
+    uv_tcp_nodelay(&s->back.tcp, 1);
+    session_enter(s, SESSION_BACK_GREETING);
+    smtp_reply_parser_init(&s->reply_parser);
+    session_after_io(s);
+}
+
+static void session_connect_failed(struct session *s)
+{
+    session_finish(s, "upstream-unreachable", "421 4.4.0", "Upstream unavailable, try again later");
+    session_after_io(s);
+}
+
+/* session_back_connect_next tries the next upstream address, or gives up. */
+static void session_back_connect_next(struct session *s)
+{
+    const struct sockaddr *sa = NULL;
+    if (s->conf->upstream.numeric) {
+        if (s->connect_attempts == 0) {
+            sa = (const struct sockaddr *)&s->conf->upstream.sa;
+        }
+    } else if (s->next_addr != NULL) {
+        sa = s->next_addr->ai_addr;
+        s->next_addr = s->next_addr->ai_next;
+    }
+    if (sa == NULL) {
+        session_connect_failed(s);
+        return;
+    }
+    s->connect_attempts++;
+    session_format_addr(s->back_addr, sizeof(s->back_addr), sa);
+    int rc = uv_tcp_init(&s->worker->loop, &s->back.tcp);
+    if (rc != 0) {
+        session_abort(s, "internal-error");
+        return;
+    }
+    s->back.tcp.data = s;
+    s->back.write_req.data = &s->back;
+    s->back.open = true;
+    s->back.eof = false;
+    s->n_handles++;
+    s->connect_req.data = s;
+    rc = uv_tcp_connect(&s->connect_req, &s->back.tcp, sa, session_on_back_connect);
+    if (rc != 0) {
+        log_warn(s->id, "upstream-connect-failed", "upstream=%s error=\"%s\"", s->back_addr,
+                 uv_strerror(rc));
+        session_side_close(s, &s->back, false);
+        return;
+    }
+    s->n_handles++; /* the request */
+    session_arm_timer(s);
+}
+
+static void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct session *s = req->data;
+    free(req);
+    s->resolve_req = NULL;
+    session_unref(s); /* the request */
+    if (status == UV_ECANCELED || s->state != SESSION_BACK_RESOLVING) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    if (status < 0 || res == NULL) {
+        log_warn(s->id, "upstream-resolve-failed", "upstream=%s error=\"%s\"",
+                 s->conf->upstream.host, uv_strerror(status));
+        uv_freeaddrinfo(res);
+        session_connect_failed(s);
+        return;
+    }
+    s->addrs = res;
+    s->next_addr = res;
+    session_enter(s, SESSION_BACK_CONNECTING);
+    session_back_connect_next(s);
+}
+
+static void session_back_start(struct session *s)
+{
+    const struct conf_addr *up = &s->conf->upstream;
+    if (up->numeric) {
+        session_enter(s, SESSION_BACK_CONNECTING);
+        session_back_connect_next(s);
+        return;
+    }
+    s->resolve_req = malloc(sizeof(*s->resolve_req));
+    if (s->resolve_req == NULL) {
+        session_abort(s, "out-of-memory");
+        return;
+    }
+    s->resolve_req->data = s;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", (unsigned)up->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    int rc = uv_getaddrinfo(&s->worker->loop, s->resolve_req, session_on_resolved, up->host, port,
+                            &hints);
+    if (rc != 0) {
+        free(s->resolve_req);
+        s->resolve_req = NULL;
+        log_warn(s->id, "upstream-resolve-failed", "upstream=%s error=\"%s\"", up->host,
+                 uv_strerror(rc));
+        session_connect_failed(s);
+        return;
+    }
+    s->n_handles++; /* the request */
+    session_arm_timer(s);
+}
+
+/* ---- timers ------------------------------------------------------------------------------ */
+
+static void session_on_timeout(uv_timer_t *timer)
+{
+    struct session *s = timer->data;
+    switch (s->state) {
+    case SESSION_BACK_RESOLVING:
+        log_warn(s->id, "upstream-timeout", "upstream=%s phase=resolve", s->conf->upstream.host);
+        session_connect_failed(s);
+        return;
+    case SESSION_BACK_CONNECTING:
+        log_warn(s->id, "upstream-timeout", "upstream=%s phase=connect", s->back_addr);
+        session_side_close(s, &s->back, false); /* its close callback tries the next one */
+        return;
+    case SESSION_BACK_GREETING:
+        log_warn(s->id, "upstream-timeout", "upstream=%s phase=greeting", s->back_addr);
+        session_finish(s, "upstream-timeout", "421 4.4.2",
+                       "Upstream did not answer, try again later");
+        break;
+    case SESSION_RELAY:
+        if (!session_front_in_body(s) && s->n_pending > 0) {
+            log_warn(s->id, "upstream-timeout", "upstream=%s phase=reply", s->back_addr);
+            session_finish(s, "upstream-timeout", "421 4.4.2",
+                           "Upstream did not answer, closing connection");
+        } else {
+            log_info(s->id, "client-timeout", "client=%s", s->front_addr);
+            session_finish(s, "timeout", "421 4.4.2", "Timeout, closing connection");
+        }
+        break;
+    case SESSION_CLOSING:
+        session_abort(s, s->end_reason);
+        return;
+    }
+    session_after_io(s);
+}
+
+/* ---- starting ---------------------------------------------------------------------------- */
+
+static struct session *session_new(struct worker *w)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return NULL;
+    }
+    s->worker = w;
+    s->conf = w->conf;
+    /* splitmix64 over a random start: unique per worker, unpredictable across runs. */
+    uint64_t z = (w->next_id += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    s->id = z ^ (z >> 31);
+    s->state = SESSION_BACK_RESOLVING;
+    s->started_ms = uv_now(&w->loop);
+    buf_init(&s->front.in);
+    buf_init(&s->front.out);
+    buf_init(&s->front.queue);
+    buf_init(&s->back.in);
+    buf_init(&s->back.out);
+    buf_init(&s->back.queue);
+    buf_init(&s->ehlo_reply);
+    smtp_reply_parser_init(&s->reply_parser);
+    s->next = w->sessions;
+    if (w->sessions != NULL) {
+        w->sessions->prev = s;
+    }
+    w->sessions = s;
+    return s;
+}
+
+void session_accept(struct worker *w, uv_stream_t *server)
+{
+    struct session *s = session_new(w);
+    uv_tcp_t dropped;
+    if (s == NULL) {
+        /* Take the connection off the queue and close it, or accept would spin. */
+        if (uv_tcp_init(&w->loop, &dropped) == 0) {
+            if (uv_accept(server, (uv_stream_t *)&dropped) == 0) {
+                uv_close((uv_handle_t *)&dropped, NULL);
+                uv_run(&w->loop, UV_RUN_NOWAIT);
+            } else {
+                uv_close((uv_handle_t *)&dropped, NULL);
+            }
+        }
+        log_error(0, "out-of-memory", "action=dropped-connection");
+        return;
+    }
+    uv_tcp_init(&w->loop, &s->front.tcp);
+    s->front.tcp.data = s;
+    s->front.write_req.data = &s->front;
+    s->front.open = true;
+    uv_timer_init(&w->loop, &s->timer);
+    s->timer.data = s;
+    s->n_handles = 2;
+    if (uv_accept(server, (uv_stream_t *)&s->front.tcp) != 0) {
+        session_abort(s, "accept-failed");
+        return;
+    }
+    uv_tcp_nodelay(&s->front.tcp, 1);
+    struct sockaddr_storage peer;
+    int peer_len = sizeof(peer);
+    if (uv_tcp_getpeername(&s->front.tcp, (struct sockaddr *)&peer, &peer_len) == 0) {
+        session_format_addr(s->front_addr, sizeof(s->front_addr), (struct sockaddr *)&peer);
+    } else {
+        snprintf(s->front_addr, sizeof(s->front_addr), "?");
+    }
+    log_debug(s->id, "accepted", "client=%s", s->front_addr);
+
+    unsigned open = ++worker_connections;
+    s->counted = true;
+    if (open > s->conf->max_connections) {
+        log_warn(s->id, "too-many-connections", "client=%s max=%u", s->front_addr,
+                 s->conf->max_connections);
+        session_finish(s, "too-many-connections", "421 4.7.0",
+                       "Too many connections, try again later");
+        session_after_io(s);
+        return;
+    }
+    session_back_start(s);
+}
+
+void session_shutdown(struct session *s)
+{
+    if (s->state == SESSION_CLOSING) {
+        session_abort(s, s->end_reason);
+        return;
+    }
+    session_finish(s, "shutdown", "421 4.3.2", "Service shutting down, try again later");
+    session_after_io(s);
+}
+
+struct session *session_next(struct session *s)
+{
+    return s->next;
+}
