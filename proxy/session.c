@@ -734,7 +734,7 @@ static size_t session_front_commands(struct session *s, const char *data, size_t
     case SMTP_TOO_LONG:
         /* RFC 5321 section 4.5.3.1.4; the reply waits for the end of the line so the
          * session stays in step: one reply per line. */
-        if (line_len > 0 && data[line_len - 1] == '\n') {
+        if (eol_len != 0) {
             session_reply_locally(s, SESSION_LOCAL_LINE_TOO_LONG);
         } else {
             s->front_mode = SESSION_FRONT_SKIP_LINE;
@@ -775,8 +775,8 @@ static size_t session_front_data(struct session *s, const char *data, size_t len
         log_warn(s->id, "message-rejected", "reason=bare-cr-or-lf offset=%zu", used);
         s->back_dead = true;
         session_back_abort(s);
+        /* The same scanner goes on skipping: it knows whether a line starts here. */
         s->front_mode = SESSION_FRONT_DATA_REJECT;
-        smtp_data_scanner_init(&s->scanner);
         return used;
     }
     return 0;
@@ -946,7 +946,7 @@ static void session_ehlo_reply_done(struct session *s, int code)
         return;
     }
     /* TODO(leg1-tls): advertise STARTTLS here once the front can do TLS. */
-    size_t cap = len + 32;
+    size_t cap = len + len / 4 + 16; /* bare-LF lines grow by one byte each */
     if (buf_reserve(&s->front.queue, cap, SESSION_OUT_MAX) != 0) {
         session_abort(s, "out-of-memory");
         return;
