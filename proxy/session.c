@@ -40,6 +40,8 @@
 #define SESSION_PENDING_MAX 64
 /* After the last reply, how long the client may go on sending before we close anyway. */
 #define SESSION_LINGER_MS 2000
+/* The same after the drain timeout: the process is exiting, so keep it short. */
+#define SESSION_SHUTDOWN_LINGER_MS 200
 #define SESSION_ADDR_MAX 56
 
 enum session_state {
@@ -149,6 +151,7 @@ struct session {
     bool counted;           /* counted in worker_connections */
     bool lingering;         /* front shut down for writing; reading to drain */
     bool closing_timed;     /* the SESSION_CLOSING deadline is running */
+    bool shutting_down;     /* closing because the process stops */
     unsigned connect_attempts;
 
     struct session_pending pending[SESSION_PENDING_MAX];
@@ -537,7 +540,8 @@ static void session_after_io(struct session *s)
          * nor closes is cut off after it. */
         if (!s->closing_timed && !uv_is_closing((uv_handle_t *)&s->timer)) {
             s->closing_timed = true;
-            uv_timer_start(&s->timer, session_on_timeout, SESSION_LINGER_MS, 0);
+            uv_timer_start(&s->timer, session_on_timeout,
+                           s->shutting_down ? SESSION_SHUTDOWN_LINGER_MS : SESSION_LINGER_MS, 0);
         }
         session_closing_progress(s);
         if (s->front.open) {
@@ -579,6 +583,10 @@ static void session_send_ready_local_replies(struct session *s)
 
 static void session_reply_locally(struct session *s, enum session_local_reply local)
 {
+    const char *reply = session_local_replies[local];
+    if (reply[0] >= '4') {
+        log_info(s->id, "refused", "client=%s reply=\"%.9s\"", s->front_addr, reply);
+    }
     session_push(s, SESSION_PENDING_LOCAL, local);
     session_send_ready_local_replies(s);
 }
@@ -657,7 +665,13 @@ static void session_front_command(struct session *s, const char *line, size_t le
     }
     struct smtp_command cmd;
     enum smtp_result rc = smtp_command_parse(&cmd, line, len);
-    log_debug(s->id, "command", "verb=%d len=%zu", (int)cmd.verb, len);
+    if (log_enabled(CONF_LOG_DEBUG)) {
+        char verb[24];
+        const char *space = memchr(line, ' ', len);
+        size_t verb_len = space != NULL ? (size_t)(space - line) : len;
+        log_debug(s->id, "command", "verb=\"%s\" len=%zu",
+                  log_escape(verb, sizeof(verb), line, verb_len, 12), len);
+    }
     if (s->back_dead) {
         if (cmd.verb == SMTP_VERB_QUIT) {
             session_reply_locally(s, SESSION_LOCAL_BYE);
@@ -1352,6 +1366,7 @@ void session_shutdown(struct session *s)
         session_abort(s, s->end_reason);
         return;
     }
+    s->shutting_down = true;
     session_finish(s, "shutdown", "421 4.3.2", "Service shutting down, try again later");
     session_after_io(s);
 }

@@ -1,0 +1,913 @@
+"""Test harness for the integration tests: the real proxy binary between real peers.
+
+Pieces:
+  free_port()        a free TCP port on a loopback address
+  Proxy              writes an INI, runs $PROXY_BIN -c FILE, waits for its listeners,
+                     stops it with SIGTERM and checks exit status and sanitizer output
+  AioUpstream        aiosmtpd (Debian's python3-aiosmtpd) recording every delivered
+                     message (envelope + raw dot-unstuffed bytes), connections, STARTTLS
+  FakeUpstream       a scriptable SMTP server (threads) recording the raw bytes it
+                     receives, for failure modes no real server produces on demand
+  SmtpConn           a raw SMTP client over a socket, for byte-exact cases
+
+Everything waits for events with a deadline (poll); nothing sleeps to synchronise.
+Run the suite with Debian's /usr/bin/python3 (it has python3-aiosmtpd and python3-pytest).
+"""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+CRLF = b"\r\n"
+
+
+def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
+    """Polls |predicate| until it returns a true value; returns that value.
+
+    Raises AssertionError naming |what| when |timeout| seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port(host="127.0.0.1"):
+    """Returns a TCP port nothing listens on right now at |host|."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ipv6_loopback_available():
+    """True when ::1 is configured and can be bound."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _listening_ports():
+    """Local ports in LISTEN state (TCP, IPv4 and IPv6), from /proc/net."""
+    ports = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A":
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except FileNotFoundError:
+            pass
+    return ports
+
+
+def fmt_addr(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------------------
+# The proxy process
+# --------------------------------------------------------------------------------------
+
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                     "runtime error")
+
+
+def render_ini(sections):
+    """Renders {section: {key: value}} (ordered) as INI text."""
+    out = []
+    for section, keys in sections.items():
+        out.append(f"[{section}]")
+        for key, value in keys.items():
+            if value is None:
+                continue
+            out.append(f"{key} = {value}")
+        out.append("")
+    return "\n".join(out)
+
+
+def merge_sections(base, extra):
+    merged = {s: dict(k) for s, k in base.items()}
+    for section, keys in (extra or {}).items():
+        merged.setdefault(section, {}).update(keys)
+    return merged
+
+
+SESSION_RE = re.compile(r"\b([0-9a-f]{16}) session (.*)$")
+KV_RE = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_kv(text):
+    out = {}
+    for key, value in KV_RE.findall(text):
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
+class Proxy:
+    """One run of the real binary with a generated config."""
+
+    def __init__(self, binary, workdir, sections, listen_ports, name="proxy"):
+        self.binary = binary
+        self.workdir = workdir
+        self.sections = sections
+        self.listen_ports = listen_ports
+        self.ini_path = os.path.join(workdir, f"{name}.ini")
+        self.stderr_path = os.path.join(workdir, f"{name}.stderr")
+        self.stdout_path = os.path.join(workdir, f"{name}.stdout")
+        self.proc = None
+        self.returncode = None
+        with open(self.ini_path, "w") as f:
+            f.write(render_ini(sections))
+
+    @property
+    def port(self):
+        return self.listen_ports[0]
+
+    def start(self, timeout=10.0):
+        self._stderr = open(self.stderr_path, "wb")
+        self._stdout = open(self.stdout_path, "wb")
+        self.proc = subprocess.Popen([self.binary, "-c", self.ini_path],
+                                     stdin=subprocess.DEVNULL, stdout=self._stdout,
+                                     stderr=self._stderr, cwd=self.workdir)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"proxy exited with status {self.proc.returncode} during start-up;"
+                    f" config:\n{render_ini(self.sections)}\nstderr:\n{self.stderr()}")
+            return set(self.listen_ports) <= _listening_ports()
+
+        wait_for(ready, timeout, what=f"proxy listening on {self.listen_ports}")
+        return self
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=10.0):
+        """Waits for the process to exit; returns its status (fails on timeout)."""
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.returncode = self.proc.wait()
+            raise AssertionError(f"proxy did not exit within {timeout}s; stderr:\n"
+                                 f"{self.stderr()[-4000:]}")
+        finally:
+            self._close_files()
+        return self.returncode
+
+    def _close_files(self):
+        for f in (getattr(self, "_stderr", None), getattr(self, "_stdout", None)):
+            if f is not None and not f.closed:
+                f.close()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, wait, and check: exit status 0 and no sanitizer report."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.wait_exit(timeout)
+        self.check_clean(rc)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_files()
+
+    def check_clean(self, rc=0):
+        text = self.stderr()
+        for marker in SANITIZER_MARKERS:
+            assert marker not in text, f"sanitizer report in proxy stderr:\n{text[-6000:]}"
+        assert rc == 0, f"proxy exit status {rc}; stderr:\n{text[-4000:]}"
+
+    # --- log helpers -------------------------------------------------------------------
+
+    def session_lines(self):
+        """Parsed text-format session lines: a list of dicts (id, plus key=value pairs)."""
+        out = []
+        for line in self.stderr().splitlines():
+            m = SESSION_RE.search(line)
+            if m:
+                fields = parse_kv(m.group(2))
+                fields["id"] = m.group(1)
+                fields["_line"] = line
+                out.append(fields)
+        return out
+
+    def json_events(self, event=None):
+        out = []
+        for line in self.stderr().splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if event is None or obj.get("event") == event:
+                out.append(obj)
+        return out
+
+    def wait_session_line(self, timeout=10.0, **match):
+        """Waits for a session line whose fields include |match|; returns it."""
+
+        def find():
+            for fields in self.session_lines():
+                if all(fields.get(k) == str(v) for k, v in match.items()):
+                    return fields
+            return None
+
+        try:
+            return wait_for(find, timeout, what=f"session line with {match}")
+        except AssertionError:
+            raise AssertionError(f"no session line with {match}; stderr:\n"
+                                 f"{self.stderr()[-4000:]}") from None
+
+
+def base_sections(listen, upstream, extra=None):
+    """The config every test starts from (see the suite's README at the top of conftest)."""
+    sections = {
+        "proxy": {
+            "listen": ", ".join(listen),
+            "upstream": upstream,
+            "hostname": "proxy.test",
+            "workers": "1",
+            # Bounded so that a failing test holding a connection open still lets the
+            # teardown's SIGTERM finish well within its deadline.
+            "drain_timeout": "3s",
+        },
+        "client_tls": {"starttls": "strip"},
+        # Cleartext relay: the proxy must never try STARTTLS towards the upstream here.
+        "upstream_tls": {"starttls": "off"},
+        "timeouts": {},
+        "log": {"level": "debug"},
+    }
+    return merge_sections(sections, extra)
+
+
+# --------------------------------------------------------------------------------------
+# aiosmtpd as the upstream
+# --------------------------------------------------------------------------------------
+
+class Delivered:
+    """One message aiosmtpd accepted."""
+
+    def __init__(self, mail_from, rcpt_tos, content, peer, mail_options, rcpt_options):
+        self.mail_from = mail_from
+        self.rcpt_tos = rcpt_tos
+        self.content = content  # envelope.original_content: raw, dot-unstuffed bytes
+        self.peer = peer
+        self.mail_options = mail_options
+        self.rcpt_options = rcpt_options
+
+    def __repr__(self):
+        return (f"Delivered(from={self.mail_from!r}, to={self.rcpt_tos!r}, "
+                f"{len(self.content)} bytes, peer={self.peer!r})")
+
+
+class RecordingHandler:
+    def __init__(self, owner):
+        self.owner = owner
+
+    async def handle_DATA(self, server, session, envelope):
+        self.owner._record_message(Delivered(
+            envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content),
+            session.peer, list(envelope.mail_options), list(envelope.rcpt_options)))
+        return "250 2.0.0 Message accepted for delivery"
+
+
+class UpstreamConnection:
+    def __init__(self, peer):
+        self.peer = peer
+        self.closed = threading.Event()
+        self.starttls = 0
+
+
+class RecordingSMTP(SMTP):
+    """aiosmtpd's SMTP, also recording connections and STARTTLS commands."""
+
+    def __init__(self, *args, owner, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._owner = owner
+        self._conn = None
+
+    def connection_made(self, transport):
+        self._conn = UpstreamConnection(transport.get_extra_info("peername"))
+        self._owner._record_connection(self._conn)
+        super().connection_made(transport)
+
+    def connection_lost(self, error):
+        try:
+            super().connection_lost(error)
+        finally:
+            if self._conn is not None:
+                self._conn.closed.set()
+
+    async def smtp_STARTTLS(self, arg):
+        self._conn.starttls += 1
+        self._owner._record_starttls()
+        await super().smtp_STARTTLS(arg)
+
+
+class RecordingController(Controller):
+    def __init__(self, owner, *args, **kwargs):
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    def factory(self):
+        return RecordingSMTP(self.handler, owner=self._owner, **self.SMTP_kwargs)
+
+
+class AioUpstream:
+    """aiosmtpd on 127.0.0.1 (or |host|), storing what it receives.
+
+    With |tls_context| it advertises STARTTLS (without requiring it).
+    """
+
+    def __init__(self, host="127.0.0.1", tls_context=None, hostname="upstream.test"):
+        self.host = host
+        self.port = free_port(host)
+        self.messages = []
+        self.connections = []
+        self.starttls_commands = 0
+        self._lock = threading.Lock()
+        kwargs = dict(hostname=host, port=self.port, decode_data=False,
+                      server_hostname=hostname, ready_timeout=10.0)
+        if tls_context is not None:
+            kwargs.update(tls_context=tls_context, require_starttls=False)
+        self.controller = RecordingController(self, RecordingHandler(self), **kwargs)
+
+    @property
+    def addr(self):
+        return fmt_addr(self.host, self.port)
+
+    def start(self):
+        self.controller.start()
+        # Controller.start() opened and closed one connection of its own; forget it.
+        wait_for(lambda: all(c.closed.is_set() for c in self.connections), 5.0,
+                 what="aiosmtpd's start-up probe connection to close")
+        with self._lock:
+            self.connections.clear()
+            self.starttls_commands = 0
+        return self
+
+    def stop(self):
+        self.controller.stop(no_assert=True)
+
+    def _record_message(self, msg):
+        with self._lock:
+            self.messages.append(msg)
+
+    def _record_connection(self, conn):
+        with self._lock:
+            self.connections.append(conn)
+
+    def _record_starttls(self):
+        with self._lock:
+            self.starttls_commands += 1
+
+    def wait_messages(self, n, timeout=10.0):
+        wait_for(lambda: len(self.messages) >= n, timeout, what=f"{n} message(s) upstream")
+        return list(self.messages)
+
+    def wait_connections(self, n, timeout=10.0):
+        wait_for(lambda: len(self.connections) >= n, timeout,
+                 what=f"{n} upstream connection(s)")
+        return list(self.connections)
+
+    def wait_all_closed(self, timeout=10.0):
+        wait_for(lambda: all(c.closed.is_set() for c in self.connections), timeout,
+                 what="all upstream connections closed")
+
+
+def make_tls_context(cert, key):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def make_self_signed(directory):
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-keyout", key, "-out", cert],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+# --------------------------------------------------------------------------------------
+# A raw SMTP client
+# --------------------------------------------------------------------------------------
+
+class Closed(Exception):
+    """The peer closed the connection before a complete reply arrived."""
+
+
+class Reply:
+    def __init__(self, code, lines, raw):
+        self.code = code
+        self.lines = lines  # texts after "ddd-" / "ddd ", as str (latin-1)
+        self.raw = raw      # the bytes as received, CRLFs included
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+    @property
+    def first(self):
+        """The first line without the code, e.g. "4.4.2 proxy.test lost..."."""
+        return self.lines[0] if self.lines else ""
+
+    def startswith(self, prefix):
+        """True when "code text" of the last line starts with |prefix| ("421 4.4.2")."""
+        return f"{self.code} {self.lines[-1]}".startswith(prefix)
+
+    def __repr__(self):
+        return f"Reply({self.raw!r})"
+
+
+REPLY_LINE_RE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.S)
+
+
+class SmtpConn:
+    """A raw SMTP client: exact bytes out, replies parsed strictly."""
+
+    def __init__(self, host, port, timeout=10.0, family=None):
+        if family is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.local_port = self.sock.getsockname()[1]
+        self.buf = b""
+        self.eof = False
+        self.sent = 0       # bytes written by us
+        self.received = 0   # bytes received from the proxy
+
+    def send(self, data):
+        self.sock.sendall(data)
+        self.sent += len(data)
+
+    def _fill(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete reply in time; buffered {self.buf!r}")
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            raise TimeoutError(f"no complete reply in time; buffered {self.buf!r}") from None
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            raise Closed(f"connection closed; buffered {self.buf!r}")
+        self.received += len(chunk)
+        self.buf += chunk
+
+    def _line(self, deadline):
+        while b"\r\n" not in self.buf:
+            if len(self.buf) > 100000:
+                raise AssertionError(f"reply line too long: {self.buf[:200]!r}...")
+            self._fill(deadline)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self, timeout=10.0):
+        """Reads one complete (possibly multi-line) reply."""
+        deadline = time.monotonic() + timeout
+        lines = []
+        raw = b""
+        code = None
+        while True:
+            line = self._line(deadline)
+            raw += line + b"\r\n"
+            m = REPLY_LINE_RE.match(line)
+            assert m, f"malformed reply line {line!r} (reply so far {raw!r})"
+            if code is None:
+                code = int(m.group(1))
+            assert int(m.group(1)) == code, f"code changed inside a reply: {raw!r}"
+            lines.append(m.group(3).decode("latin-1"))
+            if m.group(2) != b"-":
+                return Reply(code, lines, raw)
+
+    def replies(self, n, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        return [self.reply(max(0.01, deadline - time.monotonic())) for _ in range(n)]
+
+    def cmd(self, line, timeout=10.0):
+        if isinstance(line, str):
+            line = line.encode()
+        self.send(line + b"\r\n")
+        return self.reply(timeout)
+
+    def greeting(self, timeout=10.0):
+        return self.reply(timeout)
+
+    def wait_closed(self, timeout=10.0):
+        """Waits until the peer closes (EOF or reset), then closes our end too.
+
+        Any bytes received before the close are an error.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"connection not closed within {timeout}s")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+            else:
+                self.buf += chunk
+        assert not self.buf, f"bytes before close: {self.buf!r}"
+        self.close()  # as a real client does once the server has closed
+
+    def ehlo(self, name="client.test"):
+        r = self.cmd(f"EHLO {name}")
+        assert r.code == 250, r
+        return r
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def reset(self):
+        """Closes with RST instead of FIN."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------------------
+# A scriptable fake upstream speaking SMTP
+# --------------------------------------------------------------------------------------
+
+class FakeMessage:
+    def __init__(self, kind, mail_from, rcpt_tos, content):
+        self.kind = kind  # "DATA" or "BDAT"
+        self.mail_from = mail_from
+        self.rcpt_tos = rcpt_tos
+        self.content = content
+
+    def __repr__(self):
+        return f"FakeMessage({self.kind}, {self.mail_from!r}, {self.rcpt_tos!r}, " \
+               f"{self.content[:80]!r})"
+
+
+class FakeConnection:
+    def __init__(self, sock, peer):
+        self.sock = sock
+        self.peer = peer
+        self.raw = bytearray()     # every byte received, in order
+        self.commands = []         # command lines (without CRLF), in order
+        self.messages = []
+        self.closed = threading.Event()   # our handler finished (peer closed or we died)
+        self.peer_closed = threading.Event()  # we read EOF/reset from the proxy
+        self.died = threading.Event()     # we closed on purpose (die_*)
+
+
+class _Die(Exception):
+    pass
+
+
+class _PeerGone(Exception):
+    pass
+
+
+class FakeUpstream:
+    """A small SMTP server in threads, recording raw bytes per connection.
+
+    Options:
+      greeting       bytes sent on connect (None: never greet, hold the connection)
+      caps           EHLO capability lines after the first one
+      rcpt_reject    set of addresses answered 550 5.1.1
+      data_end_reply the reply to the end of DATA
+      die_after_body_bytes  N: after reading N bytes of DATA content, close (die="close")
+                     or reset (die="rst") the connection
+      die_at_data_end  read the whole message, then close without replying
+      data_gate      a threading.Event: DATA content is not read until it is set
+      data_sink      do not keep DATA content: record its length and SHA-256 only
+                     (FakeMessage.content is then (length, hexdigest))
+      lenient_eod    accept LF.LF, CRLF.LF, LF.CRLF and CR.CR as the end of data, like the
+                     receivers exploited by SMTP smuggling; whatever follows is read as
+                     commands
+      ehlo_reply     replace the whole EHLO reply with these bytes
+    """
+
+    def __init__(self, greeting=b"220 fake.test ESMTP fake\r\n",
+                 caps=("PIPELINING", "8BITMIME"), rcpt_reject=(), data_end_reply=None,
+                 die_after_body_bytes=None, die="close", die_at_data_end=False,
+                 lenient_eod=False, data_gate=None, data_sink=False, ehlo_reply=None,
+                 host="127.0.0.1"):
+        self.greeting = greeting
+        self.caps = list(caps)
+        self.rcpt_reject = set(rcpt_reject)
+        self.data_end_reply = data_end_reply
+        self.die_after_body_bytes = die_after_body_bytes
+        self.die = die
+        self.die_at_data_end = die_at_data_end
+        self.data_gate = data_gate
+        self.data_sink = data_sink
+        self.lenient_eod = lenient_eod
+        self.ehlo_reply = ehlo_reply
+        self.host = host
+        self.connections = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = []
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, 0))
+        self.port = self.listener.getsockname()[1]
+
+    @property
+    def addr(self):
+        return fmt_addr(self.host, self.port)
+
+    def start(self):
+        self.listener.listen(64)
+        self.listener.settimeout(0.1)
+        t = threading.Thread(target=self._accept_loop, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in list(self._threads):
+            t.join(5)
+        self.listener.close()
+        with self._lock:
+            for c in self.connections:
+                try:
+                    c.sock.close()
+                except OSError:
+                    pass
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                sock, peer = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn = FakeConnection(sock, peer)
+            with self._lock:
+                self.connections.append(conn)
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    # --- waiting helpers ----------------------------------------------------------------
+
+    def wait_connections(self, n, timeout=10.0):
+        wait_for(lambda: len(self.connections) >= n, timeout,
+                 what=f"{n} connection(s) to the fake upstream")
+        return list(self.connections)
+
+    def wait_closed(self, index=0, timeout=10.0):
+        conn = self.wait_connections(index + 1, timeout)[index]
+        assert conn.closed.wait(timeout), "fake upstream connection still open"
+        return conn
+
+    def messages(self):
+        return [m for c in self.connections for m in c.messages]
+
+    # --- serving ------------------------------------------------------------------------
+
+    def _recv(self, conn):
+        while True:
+            if self._stop.is_set():
+                raise _PeerGone()
+            try:
+                chunk = conn.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                conn.peer_closed.set()
+                raise _PeerGone()
+            conn.raw += chunk
+            return chunk
+
+    def _serve(self, conn):
+        conn.sock.settimeout(0.2)
+        state = {"buf": b"", "mail_from": None, "rcpts": [], "bdat": bytearray(), "n": 0}
+        try:
+            if self.greeting is None:
+                while True:  # hold the connection, never greet
+                    self._recv(conn)
+            conn.sock.sendall(self.greeting)
+            while True:
+                line = self._readline(conn, state)
+                conn.commands.append(line)
+                self._command(conn, state, line)
+        except (_PeerGone, _Die, BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+            conn.closed.set()
+
+    def _readline(self, conn, state):
+        while b"\n" not in state["buf"]:
+            state["buf"] += self._recv(conn)
+        line, state["buf"] = state["buf"].split(b"\n", 1)
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        return line
+
+    def _readn(self, conn, state, n):
+        while len(state["buf"]) < n:
+            state["buf"] += self._recv(conn)
+        data, state["buf"] = state["buf"][:n], state["buf"][n:]
+        return data
+
+    def _send(self, conn, data):
+        conn.sock.sendall(data)
+
+    def _die(self, conn):
+        conn.died.set()
+        if self.die == "rst":
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sock.close()
+        raise _Die()
+
+    def _command(self, conn, state, line):
+        state["n"] += 1
+        n = state["n"]
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"EHLO":
+            if self.ehlo_reply is not None:
+                self._send(conn, self.ehlo_reply)
+                return
+            lines = [b"fake.test greets " + line[5:]] + [c.encode() for c in self.caps]
+            out = b"".join(b"250-" + l + CRLF for l in lines[:-1]) + b"250 " + lines[-1] + CRLF
+            self._send(conn, out)
+        elif verb == b"HELO":
+            self._send(conn, b"250 fake.test\r\n")
+        elif verb == b"MAIL":
+            state["mail_from"] = line[10:]
+            state["rcpts"] = []
+            self._send(conn, b"250 2.1.0 Ok #%d\r\n" % n)
+        elif verb == b"RCPT":
+            addr = line[8:].strip(b"<>")
+            if addr.decode("latin-1") in self.rcpt_reject:
+                self._send(conn, b"550 5.1.1 <%s> unknown #%d\r\n" % (addr, n))
+            else:
+                state["rcpts"].append(line[8:])
+                self._send(conn, b"250 2.1.5 Ok #%d\r\n" % n)
+        elif verb == b"DATA":
+            self._send(conn, b"354 End data with <CR><LF>.<CR><LF>\r\n")
+            content = self._read_data(conn, state)
+            conn.messages.append(FakeMessage("DATA", state["mail_from"], state["rcpts"],
+                                             content))
+            if self.die_at_data_end:
+                self._die(conn)
+            self._send(conn, self.data_end_reply or b"250 2.0.0 Ok: queued #%d\r\n" % n)
+        elif verb == b"BDAT":
+            if "CHUNKING" not in self.caps:
+                self._send(conn, b"500 5.5.1 BDAT not supported #%d\r\n" % n)
+                return
+            parts = line.split()
+            size = int(parts[1])
+            last = len(parts) > 2 and parts[2].upper() == b"LAST"
+            state["bdat"] += self._readn(conn, state, size)
+            if last:
+                conn.messages.append(FakeMessage("BDAT", state["mail_from"], state["rcpts"],
+                                                 bytes(state["bdat"])))
+                state["bdat"] = bytearray()
+                self._send(conn, self.data_end_reply or
+                           b"250 2.0.0 Ok: %d octets queued #%d\r\n" % (size, n))
+            else:
+                self._send(conn, b"250 2.0.0 Ok: %d octets #%d\r\n" % (size, n))
+        elif verb == b"RSET":
+            state["mail_from"] = None
+            state["rcpts"] = []
+            self._send(conn, b"250 2.0.0 Ok #%d\r\n" % n)
+        elif verb == b"NOOP":
+            self._send(conn, b"250 2.0.0 Ok #%d\r\n" % n)
+        elif verb == b"QUIT":
+            self._send(conn, b"221 2.0.0 Bye\r\n")
+            raise _PeerGone()
+        elif verb == b"STARTTLS":
+            self._send(conn, b"454 4.7.0 not here #%d\r\n" % n)
+        else:
+            self._send(conn, b"502 5.5.2 unknown command #%d\r\n" % n)
+
+    def _read_data(self, conn, state):
+        """Reads DATA content up to the end marker; returns it dot-unstuffed."""
+        if self.data_gate is not None:
+            while not self.data_gate.wait(0.1):
+                if self._stop.is_set():
+                    raise _PeerGone()
+        if self.data_sink:
+            return self._read_data_sink(conn, state)
+        if self.lenient_eod:
+            return self._read_data_lenient(conn, state)
+        body = bytearray()
+        count = 0
+        while True:
+            while b"\n" not in state["buf"]:
+                state["buf"] += self._recv(conn)
+            line, state["buf"] = state["buf"].split(b"\n", 1)
+            line += b"\n"
+            count += len(line)
+            if self.die_after_body_bytes is not None and count >= self.die_after_body_bytes:
+                self._die(conn)
+            if line == b".\r\n":
+                return bytes(body)
+            if line.startswith(b"."):
+                line = line[1:]
+            body += line
+
+    def _read_data_sink(self, conn, state):
+        """Content as (length, sha256) without keeping it; no dot-unstuffing."""
+        digest = hashlib.sha256()
+        total = 0
+        pending, state["buf"] = state["buf"], b""
+        raw_len = len(conn.raw)
+        while True:
+            idx = pending.find(b"\r\n.\r\n")
+            if idx >= 0:
+                digest.update(pending[:idx + 2])
+                total += idx + 2
+                state["buf"] = pending[idx + 5:]
+                return (total, digest.hexdigest())
+            keep = pending[-4:]
+            digest.update(pending[:len(pending) - len(keep)])
+            total += len(pending) - len(keep)
+            pending = keep + self._recv(conn)
+            # Do not keep a copy of a huge body in conn.raw.
+            del conn.raw[raw_len:]
+
+    _LENIENT_END = re.compile(rb"(?:^|\r\n|\n|\r)\.(?:\r\n|\n|\r)")
+
+    def _read_data_lenient(self, conn, state):
+        while True:
+            m = self._LENIENT_END.search(state["buf"])
+            if m:
+                body, state["buf"] = state["buf"][:m.start()], state["buf"][m.end():]
+                return bytes(body)
+            state["buf"] += self._recv(conn)
+

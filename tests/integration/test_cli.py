@@ -1,0 +1,132 @@
+"""The command line: -h, -V, -t, and which TLS library the binary really runs with."""
+
+import os
+import re
+import subprocess
+
+import harness
+
+
+def run(args, timeout=20):
+    p = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=timeout)
+    out = p.stdout.decode("utf-8", "replace")
+    err = p.stderr.decode("utf-8", "replace")
+    for marker in harness.SANITIZER_MARKERS:
+        assert marker not in err, f"sanitizer report:\n{err}"
+    return p.returncode, out, err
+
+
+def project_version(source_dir):
+    with open(os.path.join(source_dir, "CMakeLists.txt")) as f:
+        m = re.search(r"project\(\s*smtp-tls-proxy\s+VERSION\s+([0-9][0-9.]*)", f.read())
+    assert m, "no project(... VERSION x.y.z) in CMakeLists.txt"
+    return m.group(1)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def good_ini(tmp_path):
+    sections = harness.base_sections(["127.0.0.1:2525"], "127.0.0.1:10025")
+    return write(tmp_path, "good.ini", harness.render_ini(sections))
+
+
+def test_help_prints_usage_and_exits_0(proxy_bin):
+    rc, out, err = run([proxy_bin, "-h"])
+    assert rc == 0, (rc, out, err)
+    text = out + err
+    assert re.search(r"usage", text, re.I), text
+    for option in ("-c", "-t", "-V", "-h"):
+        assert option in text, f"{option} missing from the usage text:\n{text}"
+
+
+def test_version_names_proxy_libuv_and_boringssl(proxy_bin, source_dir):
+    rc, out, err = run([proxy_bin, "-V"])
+    assert rc == 0, (rc, out, err)
+    text = out + err
+    assert project_version(source_dir) in text, text
+    assert re.search(r"libuv\D*\d+\.\d+\.\d+", text), text
+    assert "BoringSSL" in text, text
+    assert "OpenSSL 3" not in text, text
+
+
+def test_check_good_config_exits_0(proxy_bin, tmp_path):
+    path = good_ini(tmp_path)
+    rc, out, err = run([proxy_bin, "-t", "-c", path])
+    assert rc == 0, (rc, out, err)
+
+
+def test_check_shipped_default_config_exits_0(proxy_bin, source_dir):
+    """config/smtp-tls-proxy.ini documents every key with its default: it must be valid."""
+    path = os.path.join(source_dir, "config", "smtp-tls-proxy.ini")
+    assert os.path.isfile(path), f"{path} missing"
+    rc, out, err = run([proxy_bin, "-t", "-c", path])
+    assert rc == 0, (rc, out, err)
+
+
+def test_check_bad_config_prints_every_error_with_file_line_key(proxy_bin, tmp_path):
+    path = write(tmp_path, "bad.ini", "\n".join([
+        "[proxy]",                       # 1
+        "listen = 127.0.0.1:2525",       # 2
+        "upstream = 127.0.0.1:10025",    # 3
+        "workers = many",                # 4: error
+        "[timeouts]",                    # 5
+        "command = forever",             # 6: error
+        "",
+    ]))
+    rc, out, err = run([proxy_bin, "-t", "-c", path])
+    assert rc == 1, (rc, out, err)
+    text = out + err
+    assert re.search(re.escape(path) + r":4: workers: \S.*", text), text
+    assert re.search(re.escape(path) + r":6: command: \S.*", text), text
+    # The bad values are named so the administrator sees what was refused.
+    assert "many" in text and "forever" in text, text
+
+
+def test_check_unknown_section_and_key_are_errors(proxy_bin, tmp_path):
+    path = write(tmp_path, "unknown.ini", "\n".join([
+        "[proxy]",                       # 1
+        "listen = 127.0.0.1:2525",       # 2
+        "upstream = 127.0.0.1:10025",    # 3
+        "bogus_key = 1",                 # 4: unknown key
+        "[no_such_section]",             # 5
+        "x = 1",                         # 6: unknown section
+        "",
+    ]))
+    rc, out, err = run([proxy_bin, "-t", "-c", path])
+    assert rc == 1, (rc, out, err)
+    text = out + err
+    assert re.search(re.escape(path) + r":4: bogus_key: \S.*", text), text
+    assert re.search(re.escape(path) + r":[56]: .*no_such_section", text), text
+
+
+def test_missing_config_file_fails_clearly(proxy_bin, tmp_path):
+    path = str(tmp_path / "does-not-exist.ini")
+    rc, out, err = run([proxy_bin, "-t", "-c", path])
+    assert rc != 0, (rc, out, err)
+    assert path in out + err, (out, err)
+
+
+def test_binary_runs_with_debian_boringssl_not_openssl(proxy_bin):
+    p = subprocess.run(["ldd", proxy_bin], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       check=True)
+    text = p.stdout.decode()
+    libs = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*(\S+)\s+=>\s+(\S+)", line)
+        if m:
+            libs[m.group(1)] = m.group(2)
+    ssl = [path for name, path in libs.items() if name.startswith("libssl.so")]
+    crypto = [path for name, path in libs.items() if name.startswith("libcrypto.so")]
+    # libcrypto is always needed (-V reads BoringSSL's version from it). libssl appears
+    # once the binary calls into it: a linker with --as-needed drops it until TLS code is
+    # linked in. Wherever they are, both must be Debian's BoringSSL (android-libboringssl).
+    assert crypto and all("/android/" in path for path in crypto), text
+    assert all("/android/" in path for path in ssl), text
+    assert "libssl.so.3" not in text and "libcrypto.so.3" not in text, text
+    for path in ssl + crypto:
+        assert os.path.exists(path), f"{path} does not exist:\n{text}"
