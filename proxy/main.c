@@ -17,8 +17,10 @@
 #include <openssl/crypto.h>
 
 #include "conf.h"
+#include "learn.h"
 #include "listener.h"
 #include "log.h"
+#include "tlsio.h"
 #include "worker.h"
 
 #define MAIN_WORKERS_MAX 256
@@ -68,18 +70,61 @@ static int main_check_supported(const struct conf *conf)
         log_fatal("%s: upstream_identity: not supported by this version; use none", conf->path);
         bad = 1;
     }
-    if (conf->front_tls.require) {
-        log_fatal("%s: require: STARTTLS towards clients is not supported by this version, so "
-                  "it cannot be required",
-                  conf->path);
-        bad = 1;
-    }
     if (conf->back_tls.starttls == CONF_BACK_STARTTLS_REQUIRE) {
         log_fatal("%s: starttls: require in [upstream_tls] is not supported by this version",
                   conf->path);
         bad = 1;
     }
     return bad;
+}
+
+/*
+ * main_front_ctx builds the leg-1 TLS context, or returns NULL with the reason printed.
+ * *out_ctx stays NULL when [client_tls] starttls = strip.
+ */
+static int main_front_ctx(struct tlsio_ctx **out_ctx, const struct conf *conf, bool quiet)
+{
+    *out_ctx = NULL;
+    if (conf->front_tls.starttls == CONF_FRONT_STARTTLS_STRIP) {
+        return 0;
+    }
+    char err[TLSIO_ERR_MAX];
+    bool self_signed = false;
+    *out_ctx = tlsio_ctx_new_front(err, sizeof(err), &self_signed, conf);
+    if (*out_ctx == NULL) {
+        log_fatal("%s: [client_tls]: %s", conf->path, err);
+        return -1;
+    }
+    if (self_signed && !quiet) {
+        log_warn(0, "front-tls-self-signed",
+                 "hostname=%s note=\"no certificate configured; a self-signed one was made\"",
+                 conf->hostname);
+    }
+    return 0;
+}
+
+/* main_reload_front_ctx re-reads the certificate and key files (SIGHUP). On failure the
+ * old context stays in force. */
+static void main_reload_front_ctx(struct worker_shared *shared, const struct conf *conf)
+{
+    if (conf->front_tls.starttls == CONF_FRONT_STARTTLS_STRIP) {
+        return;
+    }
+    char err[TLSIO_ERR_MAX];
+    bool self_signed = false;
+    struct tlsio_ctx *fresh = tlsio_ctx_new_front(err, sizeof(err), &self_signed, conf);
+    if (fresh == NULL) {
+        log_error(0, "front-tls-reload-failed", "error=\"%s\" action=kept-old", err);
+        return;
+    }
+    uv_mutex_lock(&shared->lock);
+    struct tlsio_ctx *old = shared->front_ctx;
+    shared->front_ctx = fresh;
+    uv_mutex_unlock(&shared->lock);
+    /* Sessions already in TLS hold their own reference. */
+    tlsio_ctx_free(old);
+    log_info(0, "front-tls-reloaded", "certificates=%zu self_signed=%s",
+             conf->front_tls.n_certificate, self_signed ? "yes" : "no");
 }
 
 static int main_drop_privileges(const struct conf *conf)
@@ -143,7 +188,10 @@ int main(int argc, char **argv)
     }
 
     struct conf *conf = main_load_conf(path);
-    if (conf == NULL || main_check_supported(conf) != 0) {
+    struct worker_shared shared = {0};
+    /* -t also loads the certificates: a key that does not match is a config error. */
+    if (conf == NULL || main_check_supported(conf) != 0 ||
+        main_front_ctx(&shared.front_ctx, conf, true) != 0) {
         if (test_only) {
             fprintf(stderr, "smtp-tls-proxy: configuration file %s test failed\n", path);
         }
@@ -152,10 +200,30 @@ int main(int argc, char **argv)
     }
     if (test_only) {
         printf("smtp-tls-proxy: configuration file %s test is successful\n", path);
+        tlsio_ctx_free(shared.front_ctx);
         conf_free(conf);
         return 0;
     }
     log_setup(conf->log_level, conf->log_format);
+    if (shared.front_ctx != NULL) {
+        /* Built again now that logging is set up, so the self-signed warning is logged. */
+        tlsio_ctx_free(shared.front_ctx);
+        if (main_front_ctx(&shared.front_ctx, conf, false) != 0) {
+            return 1;
+        }
+    }
+    if (uv_mutex_init(&shared.lock) != 0) {
+        log_fatal("cannot create a mutex");
+        return 1;
+    }
+    if (conf->front_tls.starttls == CONF_FRONT_STARTTLS_OFFER && conf->front_tls.learn_failures) {
+        shared.front_learned =
+            learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms);
+        if (shared.front_learned == NULL) {
+            log_fatal("out of memory");
+            return 1;
+        }
+    }
 
     unsigned n_workers = conf->workers != 0 ? conf->workers : uv_available_parallelism();
     if (n_workers == 0) {
@@ -193,7 +261,7 @@ int main(int argc, char **argv)
 
     static struct worker workers[MAIN_WORKERS_MAX];
     for (unsigned w = 0; w < n_workers; w++) {
-        int rc = worker_init(&workers[w], w, conf, fds[w], conf->n_listen);
+        int rc = worker_init(&workers[w], w, conf, &shared, fds[w], conf->n_listen);
         if (rc == 0) {
             rc = worker_start(&workers[w]);
         }
@@ -217,7 +285,7 @@ int main(int argc, char **argv)
         struct timespec poll = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
         int sig = draining ? sigtimedwait(&signals, NULL, &poll) : sigwaitinfo(&signals, NULL);
         if (sig == SIGHUP) {
-            log_warn(0, "reload-unsupported", "signal=HUP action=ignored");
+            main_reload_front_ctx(&shared, conf);
         } else if (sig == SIGTERM || sig == SIGINT) {
             log_info(0, draining ? "stopping" : "draining", "signal=%s drain_timeout_ms=%llu",
                      sig == SIGTERM ? "TERM" : "INT", (unsigned long long)conf->drain_timeout_ms);
@@ -234,6 +302,9 @@ int main(int argc, char **argv)
         worker_join(&workers[w]);
     }
     log_info(0, "stopped", "sessions_left=%u", (unsigned)worker_connections);
+    tlsio_ctx_free(shared.front_ctx);
+    learn_free(shared.front_learned);
+    uv_mutex_destroy(&shared.lock);
     conf_free(conf);
     return 0;
 }

@@ -25,8 +25,10 @@
 
 #include "buf.h"
 #include "conf.h"
+#include "learn.h"
 #include "log.h"
 #include "smtp.h"
+#include "tlsio.h"
 #include "worker.h"
 
 /* One read takes at most this much; input beyond it waits in the kernel (back-pressure). */
@@ -49,6 +51,7 @@ enum session_state {
     SESSION_BACK_CONNECTING,    /* waiting for the TCP connection to the upstream */
     SESSION_BACK_GREETING,      /* waiting for the upstream's greeting */
     SESSION_RELAY,              /* relaying commands and replies */
+    SESSION_FRONT_HANDSHAKE,    /* our 220 to STARTTLS going out, then the client's handshake */
     SESSION_CLOSING,            /* flushing our last reply to the client, then closing */
 };
 
@@ -71,6 +74,8 @@ enum session_pending_kind {
     SESSION_PENDING_BDAT_LAST, /* the verdict on a message sent with BDAT */
     SESSION_PENDING_AUTH,      /* 334 makes the client's next line a SASL response */
     SESSION_PENDING_QUIT,      /* the session ends after this reply */
+    SESSION_PENDING_MAIL,      /* a refused MAIL starts no transaction */
+    SESSION_PENDING_STARTTLS,  /* our 220, then TLS, once every earlier reply is out */
     SESSION_PENDING_OTHER,     /* any other command: relay the reply */
 };
 
@@ -87,6 +92,12 @@ enum session_local_reply {
     SESSION_LOCAL_BDAT_UNSUPPORTED,
     SESSION_LOCAL_BARE_EOL,
     SESSION_LOCAL_BYE,
+    SESSION_LOCAL_TLS_ACTIVE,
+    SESSION_LOCAL_STARTTLS_SYNTAX,
+    SESSION_LOCAL_TLS_HIDDEN,
+    SESSION_LOCAL_STARTTLS_IN_TRANSACTION,
+    SESSION_LOCAL_EHLO_FIRST,
+    SESSION_LOCAL_TLS_REQUIRED,
 };
 
 static const char *const session_local_replies[] = {
@@ -96,13 +107,38 @@ static const char *const session_local_replies[] = {
     [SESSION_LOCAL_RCPT_PATH_TOO_LONG] = "501 5.1.3 Path too long\r\n",
     [SESSION_LOCAL_PATH_SYNTAX] = "501 5.5.4 Syntax: MAIL FROM:<address> or RCPT TO:<address>\r\n",
     [SESSION_LOCAL_BDAT_SYNTAX] = "501 5.5.4 Syntax: BDAT size [LAST]\r\n",
-    /* Leg 1 TLS is not there yet: we never advertise STARTTLS, so it is "not implemented"
-     * (502), not "temporarily unavailable" (454), which would invite a retry. */
+    /* starttls = strip: STARTTLS is "not implemented" here (502), not "temporarily
+     * unavailable" (454), which would invite the client to try again and again. */
     [SESSION_LOCAL_STARTTLS_UNAVAILABLE] = "502 5.5.1 STARTTLS not available\r\n",
     [SESSION_LOCAL_BDAT_UNSUPPORTED] = "502 5.5.1 BDAT not supported by this server\r\n",
     [SESSION_LOCAL_BARE_EOL] = "550 5.5.2 Message rejected: bare CR or LF in content "
                                "(RFC 5321 section 2.3.8)\r\n",
     [SESSION_LOCAL_BYE] = "221 2.0.0 Bye\r\n",
+    /* RFC 3207 section 4: STARTTLS after TLS is a bad sequence. */
+    [SESSION_LOCAL_TLS_ACTIVE] = "503 5.5.1 TLS already active\r\n",
+    [SESSION_LOCAL_STARTTLS_SYNTAX] = "501 5.5.4 Syntax: STARTTLS\r\n",
+    /* Not offered to this client (a learned failure or never_offer_to): temporary. */
+    [SESSION_LOCAL_TLS_HIDDEN] = "454 4.7.0 TLS not available\r\n",
+    [SESSION_LOCAL_STARTTLS_IN_TRANSACTION] =
+        "503 5.5.1 STARTTLS not allowed during a mail transaction\r\n",
+    /* RFC 3207 section 4.2: after TLS the client starts over with EHLO. */
+    [SESSION_LOCAL_EHLO_FIRST] = "503 5.5.1 Send EHLO first\r\n",
+    [SESSION_LOCAL_TLS_REQUIRED] = "530 5.7.0 Must issue a STARTTLS command first\r\n",
+};
+
+/* What became of STARTTLS on leg 1, for the session line. */
+enum session_front_starttls {
+    SESSION_STARTTLS_NOT_OFFERED = 0, /* starttls = strip */
+    SESSION_STARTTLS_OFFERED,         /* offered, not used */
+    SESSION_STARTTLS_HIDDEN,          /* not offered to this client: learned or listed */
+    SESSION_STARTTLS_USED,
+    SESSION_STARTTLS_FAILED,
+};
+
+static const char *const session_starttls_names[] = {
+    [SESSION_STARTTLS_NOT_OFFERED] = "not-offered", [SESSION_STARTTLS_OFFERED] = "offered",
+    [SESSION_STARTTLS_HIDDEN] = "hidden",           [SESSION_STARTTLS_USED] = "used",
+    [SESSION_STARTTLS_FAILED] = "failed",
 };
 
 struct session_pending {
@@ -118,10 +154,17 @@ struct session_side {
     struct buf out;   /* handed to uv_write: must not move until its callback */
     struct buf queue; /* waiting behind |out| */
     uint64_t bytes_read;
-    bool open;    /* tcp is initialised and not yet closing */
-    bool reading; /* uv_read_start is in force */
-    bool writing; /* a uv_write is in flight */
-    bool eof;     /* the peer will send no more */
+    /* TLS on this leg: once started, reads go to tls_raw and through tls into |in|, and
+     * what is queued goes to tls_plain and through tls into |queue|. */
+    struct tlsio tls;
+    struct buf tls_raw;
+    struct buf tls_plain;
+    bool tls_started;
+    bool tls_active; /* handshake complete */
+    bool open;       /* tcp is initialised and not yet closing */
+    bool reading;    /* uv_read_start is in force */
+    bool writing;    /* a uv_write is in flight */
+    bool eof;        /* the peer will send no more */
 };
 
 struct session {
@@ -152,6 +195,12 @@ struct session {
     bool lingering;         /* front shut down for writing; reading to drain */
     bool closing_timed;     /* the SESSION_CLOSING deadline is running */
     bool shutting_down;     /* closing because the process stops */
+    bool offer_starttls;    /* advertise STARTTLS to this client (decided at accept) */
+    bool wait_starttls;     /* STARTTLS queued: what follows it is never read as commands */
+    bool in_transaction;    /* MAIL sent and the message not yet finished or reset */
+    bool need_ehlo;         /* TLS just started: RFC 3207 section 4.2 */
+    enum session_front_starttls front_starttls;
+    uint64_t front_injected; /* bytes thrown away between STARTTLS and the handshake */
     unsigned connect_attempts;
 
     struct session_pending pending[SESSION_PENDING_MAX];
@@ -164,6 +213,7 @@ struct session {
     uint64_t started_ms;
     uint64_t messages;
     const char *end_reason;
+    struct sockaddr_storage front_sa;
     char front_addr[SESSION_ADDR_MAX];
     char back_addr[SESSION_ADDR_MAX];
 };
@@ -179,6 +229,8 @@ static const char *session_state_name(enum session_state state)
         return "back-greeting";
     case SESSION_RELAY:
         return "relay";
+    case SESSION_FRONT_HANDSHAKE:
+        return "front-handshake";
     case SESSION_CLOSING:
         return "closing";
     }
@@ -198,6 +250,9 @@ static void session_finish(struct session *s, const char *reason, const char *st
 static void session_abort(struct session *s, const char *reason);
 static void session_front_process(struct session *s);
 static void session_back_connect_next(struct session *s);
+static void session_front_tls_begin(struct session *s);
+static void session_front_starttls_reply(struct session *s);
+static void session_front_starttls(struct session *s, const struct smtp_command *cmd);
 
 static void session_format_addr(char *out, size_t out_size, const struct sockaddr *sa)
 {
@@ -223,11 +278,20 @@ static void session_format_addr(char *out, size_t out_size, const struct sockadd
 static void session_free(struct session *s)
 {
     uint64_t duration_ms = uv_now(&s->worker->loop) - s->started_ms;
+    char front_tls[TLSIO_REASON_MAX + 64] = "front_tls=none";
+    if (s->front.tls_active) {
+        snprintf(front_tls, sizeof(front_tls), "front_tls=%s front_cipher=%s",
+                 tlsio_version(&s->front.tls), tlsio_cipher(&s->front.tls));
+    } else if (s->front_starttls == SESSION_STARTTLS_FAILED) {
+        snprintf(front_tls, sizeof(front_tls), "front_tls=none front_tls_error=\"%s\"",
+                 tlsio_reason(&s->front.tls));
+    }
     log_info(s->id, "session",
              "client=%s upstream=%s bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " messages=%" PRIu64
-             " front_tls=none back_tls=none duration_ms=%" PRIu64 " end=%s",
+             " %s starttls=%s back_tls=none duration_ms=%" PRIu64 " end=%s",
              s->front_addr, s->back_addr[0] != '\0' ? s->back_addr : s->conf->upstream.host,
-             s->front.bytes_read, s->back.bytes_read, s->messages, duration_ms,
+             s->front.bytes_read, s->back.bytes_read, s->messages, front_tls,
+             session_starttls_names[s->front_starttls], duration_ms,
              s->end_reason != NULL ? s->end_reason : "unknown");
     if (s->addrs != NULL) {
         uv_freeaddrinfo(s->addrs);
@@ -237,6 +301,9 @@ static void session_free(struct session *s)
         buf_cleanup(&sides[i]->in);
         buf_cleanup(&sides[i]->out);
         buf_cleanup(&sides[i]->queue);
+        buf_cleanup(&sides[i]->tls_raw);
+        buf_cleanup(&sides[i]->tls_plain);
+        tlsio_cleanup(&sides[i]->tls);
     }
     buf_cleanup(&s->ehlo_reply);
     if (s->prev != NULL) {
@@ -333,7 +400,7 @@ static void session_abort(struct session *s, const char *reason)
 
 static size_t session_unsent(const struct session_side *side)
 {
-    return buf_len(&side->out) + buf_len(&side->queue);
+    return buf_len(&side->out) + buf_len(&side->queue) + buf_len(&side->tls_plain);
 }
 
 static void session_queue(struct session *s, struct session_side *side, const void *data,
@@ -342,8 +409,43 @@ static void session_queue(struct session *s, struct session_side *side, const vo
     if (!side->open) {
         return;
     }
-    if (buf_append(&side->queue, data, len, SESSION_OUT_MAX) != 0) {
+    struct buf *to = side->tls_active ? &side->tls_plain : &side->queue;
+    if (buf_append(to, data, len, SESSION_OUT_MAX) != 0) {
         session_abort(s, "out-of-memory");
+    }
+}
+
+/* session_take_tls_out moves the ciphertext |side|'s TLS has made into its queue. */
+static void session_take_tls_out(struct session *s, struct session_side *side)
+{
+    size_t pending;
+    while (side->open && (pending = tlsio_pending_out(&side->tls)) > 0) {
+        if (buf_reserve(&side->queue, pending, SESSION_OUT_MAX) != 0) {
+            session_abort(s, "out-of-memory");
+            return;
+        }
+        size_t n = 0;
+        tlsio_take_out(&side->tls, &n, buf_tail(&side->queue), buf_tail_len(&side->queue));
+        buf_commit(&side->queue, n);
+    }
+}
+
+/* session_encrypt turns |side|'s queued plaintext into ciphertext in its queue. */
+static void session_encrypt(struct session *s, struct session_side *side)
+{
+    while (side->open && buf_len(&side->tls_plain) > 0) {
+        size_t n = 0;
+        enum tlsio_result r =
+            tlsio_write(&side->tls, &n, buf_head(&side->tls_plain), buf_len(&side->tls_plain));
+        if (r == TLSIO_FAILED || r == TLSIO_CLOSED) {
+            session_abort(s, side == &s->front ? "client-tls-error" : "upstream-tls-error");
+            return;
+        }
+        buf_consume(&side->tls_plain, n);
+        session_take_tls_out(s, side);
+        if (n == 0 && tlsio_pending_out(&side->tls) == 0) {
+            return; /* nothing moves: try again after the next event */
+        }
     }
 }
 
@@ -351,6 +453,9 @@ static void session_on_write(uv_write_t *req, int status);
 
 static void session_flush(struct session *s, struct session_side *side)
 {
+    if (side->tls_active) {
+        session_encrypt(s, side);
+    }
     if (!side->open || side->writing || buf_len(&side->queue) == 0) {
         return;
     }
@@ -389,7 +494,7 @@ static void session_send_body(struct session *s, const char *data, size_t len)
     if (!side->open || len == 0) {
         return;
     }
-    if (!side->writing && buf_len(&side->queue) == 0) {
+    if (!side->tls_active && !side->writing && buf_len(&side->queue) == 0) {
         uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
         int n = uv_try_write((uv_stream_t *)&side->tcp, &b, 1);
         if (n > 0) {
@@ -455,11 +560,12 @@ static void session_on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *ou
     struct session *s = handle->data;
     struct session_side *side = handle == (uv_handle_t *)&s->front.tcp ? &s->front : &s->back;
     (void)suggested;
-    if (buf_reserve(&side->in, SESSION_READ_SIZE, SESSION_IN_MAX) != 0) {
+    struct buf *to = side->tls_started ? &side->tls_raw : &side->in;
+    if (buf_reserve(to, SESSION_READ_SIZE, SESSION_IN_MAX) != 0) {
         *out = uv_buf_init(NULL, 0);
         return;
     }
-    *out = uv_buf_init(buf_tail(&side->in), (unsigned)buf_tail_len(&side->in));
+    *out = uv_buf_init(buf_tail(to), (unsigned)buf_tail_len(to));
 }
 
 static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b);
@@ -486,9 +592,12 @@ static void session_update_reading(struct session *s)
     bool back_want = false;
     if (s->state == SESSION_RELAY) {
         front_want = !s->front.eof && buf_len(&s->front.in) < SESSION_READ_SIZE &&
+                     buf_len(&s->front.tls_raw) < SESSION_READ_SIZE &&
                      session_unsent(&s->back) < SESSION_HIGH_WATER;
         back_want = !s->back.eof && buf_len(&s->back.in) < SESSION_READ_SIZE &&
                     session_unsent(&s->front) < SESSION_HIGH_WATER;
+    } else if (s->state == SESSION_FRONT_HANDSHAKE) {
+        front_want = !s->front.eof && buf_len(&s->front.tls_raw) < SESSION_READ_SIZE;
     } else if (s->state == SESSION_BACK_GREETING) {
         back_want = !s->back.eof && session_unsent(&s->front) < SESSION_HIGH_WATER;
     } else if (s->state == SESSION_CLOSING) {
@@ -514,6 +623,11 @@ static void session_arm_timer(struct session *s)
     case SESSION_BACK_GREETING:
         ms = c->timeouts.greeting_ms;
         break;
+    case SESSION_FRONT_HANDSHAKE:
+        if (s->front.tls_started) {
+            return; /* one deadline for the whole handshake, set when it starts */
+        }
+        break;
     case SESSION_RELAY:
         if (session_front_in_body(s)) {
             ms = c->timeouts.data_block_ms;
@@ -535,6 +649,10 @@ static void session_after_io(struct session *s)
 {
     session_flush(s, &s->back);
     session_flush(s, &s->front);
+    if (s->state == SESSION_FRONT_HANDSHAKE && !s->front.tls_started && s->front.open &&
+        session_unsent(&s->front) == 0 && !s->front.writing) {
+        session_front_tls_begin(s);
+    }
     if (s->state == SESSION_CLOSING) {
         /* One deadline for the whole goodbye: a client that neither reads our last reply
          * nor closes is cut off after it. */
@@ -574,6 +692,11 @@ static void session_pop(struct session *s)
 /* Our own replies go out as soon as every reply queued before them has. */
 static void session_send_ready_local_replies(struct session *s)
 {
+    if (s->n_pending > 0 && s->pending[s->pending_head].kind == SESSION_PENDING_STARTTLS) {
+        session_pop(s);
+        session_front_starttls_reply(s);
+        return;
+    }
     while (s->n_pending > 0 && s->pending[s->pending_head].kind == SESSION_PENDING_LOCAL) {
         const char *reply = session_local_replies[s->pending[s->pending_head].local];
         session_queue(s, &s->front, reply, strlen(reply));
@@ -637,8 +760,8 @@ static void session_back_failed(struct session *s, const char *reason)
 
 static bool session_front_blocked(const struct session *s)
 {
-    return s->state != SESSION_RELAY || s->wait_data_reply || s->n_pending == SESSION_PENDING_MAX ||
-           session_unsent(&s->back) >= SESSION_HIGH_WATER;
+    return s->state != SESSION_RELAY || s->wait_data_reply || s->wait_starttls ||
+           s->n_pending == SESSION_PENDING_MAX || session_unsent(&s->back) >= SESSION_HIGH_WATER;
 }
 
 static void session_forward_line(struct session *s, const char *line, size_t len,
@@ -697,12 +820,39 @@ static void session_front_command(struct session *s, const char *line, size_t le
         }
         return;
     }
+    bool greeting_verb = cmd.verb == SMTP_VERB_EHLO || cmd.verb == SMTP_VERB_HELO ||
+                         cmd.verb == SMTP_VERB_NOOP || cmd.verb == SMTP_VERB_RSET ||
+                         cmd.verb == SMTP_VERB_QUIT;
+    if (s->need_ehlo && !greeting_verb) {
+        session_reply_locally(s, SESSION_LOCAL_EHLO_FIRST);
+        return;
+    }
+    /* require = on (submission-style listeners only: RFC 3207 section 4 forbids it on a
+     * public port 25). */
+    if (s->conf->front_tls.require && !s->front.tls_active && !greeting_verb &&
+        cmd.verb != SMTP_VERB_STARTTLS) {
+        session_reply_locally(s, SESSION_LOCAL_TLS_REQUIRED);
+        return;
+    }
     switch (cmd.verb) {
     case SMTP_VERB_EHLO:
-        session_forward_line(s, line, len, SESSION_PENDING_EHLO);
+    case SMTP_VERB_HELO:
+        s->need_ehlo = false;
+        s->in_transaction = false;
+        session_forward_line(s, line, len,
+                             cmd.verb == SMTP_VERB_EHLO ? SESSION_PENDING_EHLO
+                                                        : SESSION_PENDING_OTHER);
+        break;
+    case SMTP_VERB_RSET:
+        s->in_transaction = false;
+        session_forward_line(s, line, len, SESSION_PENDING_OTHER);
+        break;
+    case SMTP_VERB_MAIL:
+        s->in_transaction = true;
+        session_forward_line(s, line, len, SESSION_PENDING_MAIL);
         break;
     case SMTP_VERB_STARTTLS:
-        session_reply_locally(s, SESSION_LOCAL_STARTTLS_UNAVAILABLE);
+        session_front_starttls(s, &cmd);
         break;
     case SMTP_VERB_DATA:
         /* RFC 2920: DATA ends a pipelined group; what follows depends on its reply. */
@@ -731,6 +881,160 @@ static void session_front_command(struct session *s, const char *line, size_t le
     default:
         session_forward_line(s, line, len, SESSION_PENDING_OTHER);
         break;
+    }
+}
+
+/* session_front_starttls answers STARTTLS (RFC 3207); it is never forwarded upstream. */
+static void session_front_starttls(struct session *s, const struct smtp_command *cmd)
+{
+    if (s->conf->front_tls.starttls == CONF_FRONT_STARTTLS_STRIP) {
+        session_reply_locally(s, SESSION_LOCAL_STARTTLS_UNAVAILABLE);
+    } else if (s->front.tls_active) {
+        session_reply_locally(s, SESSION_LOCAL_TLS_ACTIVE);
+    } else if (cmd->args_len > 0) {
+        session_reply_locally(s, SESSION_LOCAL_STARTTLS_SYNTAX);
+    } else if (!s->offer_starttls) {
+        session_reply_locally(s, SESSION_LOCAL_TLS_HIDDEN);
+    } else if (s->in_transaction) {
+        session_reply_locally(s, SESSION_LOCAL_STARTTLS_IN_TRANSACTION);
+    } else {
+        /* The 220 waits for every reply due before it; nothing after the STARTTLS line
+         * is read as a command meanwhile. */
+        s->wait_starttls = true;
+        session_push(s, SESSION_PENDING_STARTTLS, 0);
+        session_send_ready_local_replies(s);
+    }
+}
+
+/* session_front_starttls_reply sends the 220: the STARTTLS reached the head of the queue. */
+static void session_front_starttls_reply(struct session *s)
+{
+    static const char ready[] = "220 2.0.0 Ready to start TLS\r\n";
+    session_queue(s, &s->front, ready, sizeof(ready) - 1);
+    s->wait_starttls = false;
+    s->front_mode = SESSION_FRONT_COMMAND;
+    /* From here on nothing in front.in is read as a command: the STARTTLS line itself is
+     * consumed by the caller, the rest is thrown away by session_front_tls_begin(). */
+    session_enter(s, SESSION_FRONT_HANDSHAKE);
+}
+
+/* session_front_tls_begin starts the handshake once our 220 is entirely written. */
+static void session_front_tls_begin(struct session *s)
+{
+    /* RFC 3207 section 6 (CVE-2011-0411): bytes sent after the STARTTLS line, before our
+     * 220 went out, were not protected by TLS and cannot be a legitimate handshake: they
+     * are thrown away, never executed. */
+    s->front_injected += buf_len(&s->front.in);
+    buf_cleanup(&s->front.in);
+    if (s->front_injected > 0) {
+        log_warn(s->id, "starttls-injection", "client=%s discarded=%" PRIu64, s->front_addr,
+                 s->front_injected);
+    }
+    int rc = worker_front_tls_start(s->worker, &s->front.tls);
+    if (rc != 0) {
+        log_error(s->id, "front-tls-start-failed", "error=\"%s\"", uv_strerror(rc));
+        session_abort(s, "internal-error");
+        return;
+    }
+    s->front.tls_started = true;
+    uv_timer_start(&s->timer, session_on_timeout, s->conf->timeouts.tls_handshake_ms, 0);
+}
+
+/* session_front_tls_failed records a failed leg-1 handshake: the address is learned, so
+ * the client's next attempt is not offered STARTTLS and goes through in cleartext. */
+static void session_front_tls_failed(struct session *s, const char *reason)
+{
+    s->front_starttls = SESSION_STARTTLS_FAILED;
+    log_warn(s->id, "front-tls-failed", "client=%s reason=\"%s\"", s->front_addr, reason);
+    struct learn *learned = s->worker->shared->front_learned;
+    const struct conf *c = s->conf;
+    bool always = false;
+    for (size_t i = 0; i < c->front_tls.n_always_offer_to && !always; i++) {
+        always = conf_cidr_match(&c->front_tls.always_offer_to[i],
+                                 (const struct sockaddr *)&s->front_sa);
+    }
+    if (learned != NULL && !always &&
+        learn_add(learned, (const struct sockaddr *)&s->front_sa, uv_hrtime() / 1000000)) {
+        log_info(s->id, "front-tls-learned", "client=%s ttl_ms=%" PRIu64 " entries=%zu",
+                 s->front_addr, c->front_tls.learn_ttl_ms, learn_count(learned));
+    }
+    session_take_tls_out(s, &s->front); /* an alert, if TLS made one */
+    session_finish(s, "client-tls-failed", NULL, NULL);
+}
+
+/*
+ * session_front_tls_input moves the client's ciphertext through TLS: the handshake while
+ * it lasts, then plaintext into front.in (as much as fits; the rest waits in TLS until
+ * the commands before it are used up). Returns false when the session is ending.
+ */
+static bool session_front_tls_input(struct session *s)
+{
+    struct session_side *side = &s->front;
+    for (;;) {
+        while (buf_len(&side->tls_raw) > 0) {
+            size_t n = 0;
+            if (tlsio_feed(&side->tls, &n, buf_head(&side->tls_raw), buf_len(&side->tls_raw)) !=
+                    0 ||
+                n == 0) {
+                break;
+            }
+            buf_consume(&side->tls_raw, n);
+        }
+        if (s->state == SESSION_FRONT_HANDSHAKE) {
+            enum tlsio_result r;
+            do {
+                r = tlsio_handshake(&side->tls);
+                session_take_tls_out(s, side);
+            } while (r == TLSIO_WANT_WRITE && side->open);
+            if (r == TLSIO_WANT_READ) {
+                if (!side->eof) {
+                    return true;
+                }
+                r = TLSIO_FAILED; /* the client left in the middle of the handshake */
+            }
+            if (r != TLSIO_OK) {
+                const char *reason = tlsio_reason(&side->tls);
+                session_front_tls_failed(s, reason[0] != '\0' ? reason : "handshake failed");
+                return false;
+            }
+            side->tls_active = true;
+            s->front_starttls = SESSION_STARTTLS_USED;
+            s->need_ehlo = true;
+            s->in_transaction = false;
+            s->auth_continuation = false;
+            log_info(s->id, "front-tls", "client=%s version=%s cipher=%s", s->front_addr,
+                     tlsio_version(&side->tls), tlsio_cipher(&side->tls));
+            session_enter(s, SESSION_RELAY);
+        }
+        bool progress = false;
+        while (buf_len(&s->front.in) < SESSION_READ_SIZE) {
+            if (buf_reserve(&side->in, SESSION_READ_SIZE, SESSION_IN_MAX) != 0) {
+                session_abort(s, "out-of-memory");
+                return false;
+            }
+            size_t n = 0;
+            enum tlsio_result r =
+                tlsio_read(&side->tls, &n, buf_tail(&side->in), buf_tail_len(&side->in));
+            buf_commit(&side->in, n);
+            if (r == TLSIO_CLOSED) {
+                side->eof = true; /* close_notify: the client is done */
+                break;
+            }
+            if (r == TLSIO_FAILED) {
+                log_warn(s->id, "front-tls-error", "client=%s reason=\"%s\"", s->front_addr,
+                         tlsio_reason(&side->tls));
+                session_abort(s, "client-tls-error");
+                return false;
+            }
+            if (n == 0) {
+                break;
+            }
+            progress = true;
+        }
+        session_take_tls_out(s, side); /* e.g. a key update */
+        if (!progress || buf_len(&side->tls_raw) == 0) {
+            return true;
+        }
     }
 }
 
@@ -823,6 +1127,10 @@ static size_t session_front_chunk(struct session *s, const char *data, size_t le
 static void session_front_process(struct session *s)
 {
     while (!session_front_blocked(s)) {
+        if (s->front.tls_active && buf_len(&s->front.in) < SESSION_READ_SIZE &&
+            !session_front_tls_input(s)) {
+            return;
+        }
         size_t len = buf_len(&s->front.in);
         /* A BDAT 0 chunk is complete without any byte. */
         if (s->front_mode == SESSION_FRONT_CHUNK && s->chunk_left == 0) {
@@ -885,7 +1193,7 @@ static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_b
         return;
     }
     if (nread > 0) {
-        buf_commit(&s->front.in, (size_t)nread);
+        buf_commit(s->front.tls_started ? &s->front.tls_raw : &s->front.in, (size_t)nread);
         s->front.bytes_read += (uint64_t)nread;
     }
     switch (s->state) {
@@ -893,6 +1201,24 @@ static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_b
         if (nread < 0) {
             session_front_eof(s, nread == UV_EOF ? "client-closed" : "client-error");
         } else {
+            session_front_process(s);
+        }
+        break;
+    case SESSION_FRONT_HANDSHAKE:
+        if (nread < 0) {
+            s->front.eof = true;
+            if (s->front.tls_started) {
+                tlsio_feed_eof(&s->front.tls);
+            }
+        }
+        if (!s->front.tls_started) {
+            /* Sent before our 220 was out: an injection attempt, never a handshake. */
+            s->front_injected += buf_len(&s->front.in);
+            buf_cleanup(&s->front.in);
+            if (s->front.eof) {
+                session_front_tls_failed(s, "closed before the handshake");
+            }
+        } else if (session_front_tls_input(s) && s->state == SESSION_RELAY) {
             session_front_process(s);
         }
         break;
@@ -936,8 +1262,14 @@ static void session_reply_done(struct session *s, enum session_pending_kind kind
         break;
     case SESSION_PENDING_DATA_END:
     case SESSION_PENDING_BDAT_LAST:
+        s->in_transaction = false;
         if (code >= 200 && code < 300) {
             s->messages++;
+        }
+        break;
+    case SESSION_PENDING_MAIL:
+        if (code < 200 || code >= 300) {
+            s->in_transaction = false;
         }
         break;
     case SESSION_PENDING_AUTH:
@@ -959,21 +1291,22 @@ static void session_ehlo_reply_done(struct session *s, int code)
         buf_cleanup(&s->ehlo_reply);
         return;
     }
-    /* TODO(leg1-tls): advertise STARTTLS here once the front can do TLS. */
     size_t cap = len + len / 4 + 16; /* bare-LF lines grow by one byte each */
-    if (buf_reserve(&s->front.queue, cap, SESSION_OUT_MAX) != 0) {
+    struct buf *to = s->front.tls_active ? &s->front.tls_plain : &s->front.queue;
+    if (buf_reserve(to, cap, SESSION_OUT_MAX) != 0) {
         session_abort(s, "out-of-memory");
         return;
     }
     size_t out_len = 0;
     unsigned caps = 0;
-    if (smtp_ehlo_edit(buf_tail(&s->front.queue), &out_len, &caps, cap, buf_head(&s->ehlo_reply),
-                       len, false) != SMTP_OK) {
+    bool add_starttls = s->offer_starttls && !s->front.tls_active;
+    if (smtp_ehlo_edit(buf_tail(to), &out_len, &caps, cap, buf_head(&s->ehlo_reply), len,
+                       add_starttls) != SMTP_OK) {
         buf_cleanup(&s->ehlo_reply);
         session_back_failed(s, "bad-ehlo-reply");
         return;
     }
-    buf_commit(&s->front.queue, out_len);
+    buf_commit(to, out_len);
     s->back_caps = caps;
     buf_cleanup(&s->ehlo_reply);
 }
@@ -1269,6 +1602,9 @@ static void session_on_timeout(uv_timer_t *timer)
             session_finish(s, "timeout", "421 4.4.2", "Timeout, closing connection");
         }
         break;
+    case SESSION_FRONT_HANDSHAKE:
+        session_front_tls_failed(s, "handshake timeout");
+        break;
     case SESSION_CLOSING:
         session_abort(s, s->end_reason);
         return;
@@ -1300,6 +1636,12 @@ static struct session *session_new(struct worker *w)
     buf_init(&s->back.out);
     buf_init(&s->back.queue);
     buf_init(&s->ehlo_reply);
+    buf_init(&s->front.tls_raw);
+    buf_init(&s->front.tls_plain);
+    buf_init(&s->back.tls_raw);
+    buf_init(&s->back.tls_plain);
+    tlsio_init(&s->front.tls);
+    tlsio_init(&s->back.tls);
     smtp_reply_parser_init(&s->reply_parser);
     s->next = w->sessions;
     if (w->sessions != NULL) {
@@ -1307,6 +1649,29 @@ static struct session *session_new(struct worker *w)
     }
     w->sessions = s;
     return s;
+}
+
+/* session_decide_offer decides once, at accept, whether STARTTLS is offered to this
+ * client: the learned memory is consulted here and on failure only. */
+static void session_decide_offer(struct session *s)
+{
+    const struct conf *c = s->conf;
+    const struct sockaddr *sa = (const struct sockaddr *)&s->front_sa;
+    if (c->front_tls.starttls == CONF_FRONT_STARTTLS_STRIP) {
+        s->front_starttls = SESSION_STARTTLS_NOT_OFFERED;
+        return;
+    }
+    bool hidden = false;
+    for (size_t i = 0; i < c->front_tls.n_never_offer_to && !hidden; i++) {
+        hidden = conf_cidr_match(&c->front_tls.never_offer_to[i], sa);
+    }
+    struct learn *learned = s->worker->shared->front_learned;
+    if (!hidden && learned != NULL && learn_contains(learned, sa, uv_hrtime() / 1000000)) {
+        hidden = true;
+        log_info(s->id, "front-tls-hidden", "client=%s reason=learned-failure", s->front_addr);
+    }
+    s->offer_starttls = !hidden;
+    s->front_starttls = hidden ? SESSION_STARTTLS_HIDDEN : SESSION_STARTTLS_OFFERED;
 }
 
 void session_accept(struct worker *w, uv_stream_t *server)
@@ -1342,9 +1707,11 @@ void session_accept(struct worker *w, uv_stream_t *server)
     int peer_len = sizeof(peer);
     if (uv_tcp_getpeername(&s->front.tcp, (struct sockaddr *)&peer, &peer_len) == 0) {
         session_format_addr(s->front_addr, sizeof(s->front_addr), (struct sockaddr *)&peer);
+        s->front_sa = peer;
     } else {
         snprintf(s->front_addr, sizeof(s->front_addr), "?");
     }
+    session_decide_offer(s);
     log_debug(s->id, "accepted", "client=%s", s->front_addr);
 
     unsigned open = ++worker_connections;

@@ -6,12 +6,14 @@
  */
 #include "worker.h"
 
+#include <errno.h>
 #include <sys/random.h>
 
 #include <uv.h>
 
 #include "log.h"
 #include "session.h"
+#include "tlsio.h"
 
 _Atomic unsigned worker_connections;
 
@@ -59,11 +61,12 @@ static void worker_close_own_handles(struct worker *w)
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
-int worker_init(struct worker *w, unsigned index, const struct conf *conf, const int *fds,
-                size_t n_fds)
+int worker_init(struct worker *w, unsigned index, const struct conf *conf,
+                struct worker_shared *shared, const int *fds, size_t n_fds)
 {
     w->index = index;
     w->conf = conf;
+    w->shared = shared;
     w->stop_request = 0;
     w->finished = false;
     w->draining = false;
@@ -133,6 +136,14 @@ void worker_stop(struct worker *w, bool now)
         uv_async_send(&w->wakeup);
     }
     uv_mutex_unlock(&w->wakeup_lock);
+}
+
+int worker_front_tls_start(struct worker *w, struct tlsio *t)
+{
+    uv_mutex_lock(&w->shared->lock);
+    int rc = w->shared->front_ctx != NULL ? tlsio_start_front(t, w->shared->front_ctx) : -ENOTSUP;
+    uv_mutex_unlock(&w->shared->lock);
+    return rc;
 }
 
 void worker_join(struct worker *w)

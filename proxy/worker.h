@@ -16,10 +16,25 @@
 #include "listener.h"
 
 struct session;
+struct learn;
+struct tlsio;
+struct tlsio_ctx;
+
+/*
+ * State shared by every worker, made by main before they start. front_ctx is replaced on
+ * SIGHUP under |lock|; a session holds its own reference from the moment its handshake
+ * starts (SSL_new), so a replaced context lives on until its last session is done.
+ */
+struct worker_shared {
+    uv_mutex_t lock;
+    struct tlsio_ctx *front_ctx; /* NULL when [client_tls] starttls = strip */
+    struct learn *front_learned; /* clients whose handshake failed; NULL: not learning */
+};
 
 struct worker {
     unsigned index;
     const struct conf *conf;
+    struct worker_shared *shared;
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t wakeup;      /* worker_stop() pokes the loop through this */
@@ -43,8 +58,14 @@ extern _Atomic unsigned worker_connections;
  * (one per configured listen address). Returns 0 or a negative libuv error; on failure
  * nothing needs cleaning up.
  */
-int worker_init(struct worker *w, unsigned index, const struct conf *conf, const int *fds,
-                size_t n_fds);
+int worker_init(struct worker *w, unsigned index, const struct conf *conf,
+                struct worker_shared *shared, const int *fds, size_t n_fds);
+
+/*
+ * worker_front_tls_start starts |t| as the server side of a handshake with the current
+ * leg-1 context. Returns 0, -ENOTSUP when there is none, or tlsio_start_front()'s error.
+ */
+int worker_front_tls_start(struct worker *w, struct tlsio *t);
 
 /* worker_start runs the worker's loop on a new thread. Returns 0 or a libuv error. */
 int worker_start(struct worker *w);
