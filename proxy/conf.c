@@ -706,6 +706,61 @@ bool conf_cidr_match(const struct conf_cidr *cidr, const struct sockaddr *sa)
     return rest == 0 || (addr[full] & mask) == (cidr->addr[full] & mask);
 }
 
+/* conf_name_equal compares a host name with a lower-case pattern, ignoring ASCII case. */
+static bool conf_name_equal(const char *name, size_t name_len, const char *lower)
+{
+    if (strlen(lower) != name_len) {
+        return false;
+    }
+    for (size_t i = 0; i < name_len; i++) {
+        char c = name[i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (char)(c - 'A' + 'a');
+        }
+        if (c != lower[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool conf_policy_lookup(enum conf_back_starttls *out, const struct conf *conf,
+                        const char *const *names, size_t n_names, const struct sockaddr *sa)
+{
+    /* Ranks: exact names beat every wildcard, wildcards beat every network; within a
+     * kind, longer beats shorter. */
+    long best_rank = -1;
+    for (size_t i = 0; i < conf->n_policy; i++) {
+        const struct conf_policy *p = &conf->policy[i];
+        long rank = -1;
+        if (p->kind == CONF_PATTERN_CIDR) {
+            if (sa != NULL && conf_cidr_match(&p->cidr, sa)) {
+                rank = p->cidr.prefix_len;
+            }
+        } else {
+            for (size_t n = 0; n < n_names; n++) {
+                if (names[n] == NULL) {
+                    continue;
+                }
+                size_t len = strlen(names[n]);
+                if (p->kind == CONF_PATTERN_NAME && conf_name_equal(names[n], len, p->name)) {
+                    rank = 2000;
+                } else if (p->kind == CONF_PATTERN_WILDCARD) {
+                    size_t suffix = strlen(p->name); /* ".example.com" */
+                    if (len > suffix && conf_name_equal(names[n] + len - suffix, suffix, p->name)) {
+                        rank = rank > 1000 + (long)suffix ? rank : 1000 + (long)suffix;
+                    }
+                }
+            }
+        }
+        if (rank > best_rank) {
+            best_rank = rank;
+            *out = p->starttls;
+        }
+    }
+    return best_rank >= 0;
+}
+
 static bool conf_cidr_equal(const struct conf_cidr *a, const struct conf_cidr *b)
 {
     return a->family == b->family && a->prefix_len == b->prefix_len &&

@@ -229,4 +229,13 @@ bool conf_parse_cidr(struct conf_cidr *out, const char *text);
  * IPv6 address matches IPv4 networks. */
 bool conf_cidr_match(const struct conf_cidr *cidr, const struct sockaddr *sa);
 
+/*
+ * conf_policy_lookup finds the [upstream_policy] pattern that best fits an upstream known
+ * by up to |n_names| host names (NULL entries are skipped) and the address |sa| (may be
+ * NULL). The most specific pattern wins: an exact name, then the longest wildcard suffix,
+ * then the longest network prefix. Returns true and sets *out when one fits.
+ */
+bool conf_policy_lookup(enum conf_back_starttls *out, const struct conf *conf,
+                        const char *const *names, size_t n_names, const struct sockaddr *sa);
+
 #endif

@@ -70,11 +70,6 @@ static int main_check_supported(const struct conf *conf)
         log_fatal("%s: upstream_identity: not supported by this version; use none", conf->path);
         bad = 1;
     }
-    if (conf->back_tls.starttls == CONF_BACK_STARTTLS_REQUIRE) {
-        log_fatal("%s: starttls: require in [upstream_tls] is not supported by this version",
-                  conf->path);
-        bad = 1;
-    }
     return bad;
 }
 
@@ -99,6 +94,36 @@ static int main_front_ctx(struct tlsio_ctx **out_ctx, const struct conf *conf, b
         log_warn(0, "front-tls-self-signed",
                  "hostname=%s note=\"no certificate configured; a self-signed one was made\"",
                  conf->hostname);
+    }
+    return 0;
+}
+
+/* main_back_tls_used tells whether leg 2 may ever use STARTTLS under this config. */
+static bool main_back_tls_used(const struct conf *conf)
+{
+    if (conf->back_tls.starttls != CONF_BACK_STARTTLS_OFF) {
+        return true;
+    }
+    for (size_t i = 0; i < conf->n_policy; i++) {
+        if (conf->policy[i].starttls != CONF_BACK_STARTTLS_OFF) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* main_back_ctx builds the leg-2 TLS context (client certificate, CA file). */
+static int main_back_ctx(struct tlsio_ctx **out_ctx, const struct conf *conf)
+{
+    *out_ctx = NULL;
+    if (!main_back_tls_used(conf)) {
+        return 0;
+    }
+    char err[TLSIO_ERR_MAX];
+    *out_ctx = tlsio_ctx_new_back(err, sizeof(err), conf);
+    if (*out_ctx == NULL) {
+        log_fatal("%s: [upstream_tls]: %s", conf->path, err);
+        return -1;
     }
     return 0;
 }
@@ -191,7 +216,8 @@ int main(int argc, char **argv)
     struct worker_shared shared = {0};
     /* -t also loads the certificates: a key that does not match is a config error. */
     if (conf == NULL || main_check_supported(conf) != 0 ||
-        main_front_ctx(&shared.front_ctx, conf, true) != 0) {
+        main_front_ctx(&shared.front_ctx, conf, true) != 0 ||
+        main_back_ctx(&shared.back_ctx, conf) != 0) {
         if (test_only) {
             fprintf(stderr, "smtp-tls-proxy: configuration file %s test failed\n", path);
         }
@@ -201,6 +227,7 @@ int main(int argc, char **argv)
     if (test_only) {
         printf("smtp-tls-proxy: configuration file %s test is successful\n", path);
         tlsio_ctx_free(shared.front_ctx);
+        tlsio_ctx_free(shared.back_ctx);
         conf_free(conf);
         return 0;
     }
@@ -220,6 +247,14 @@ int main(int argc, char **argv)
         shared.front_learned =
             learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms);
         if (shared.front_learned == NULL) {
+            log_fatal("out of memory");
+            return 1;
+        }
+    }
+    if (shared.back_ctx != NULL) {
+        shared.back_failed =
+            learn_new(conf->back_tls.remember_max_entries, conf->back_tls.remember_failures_ms);
+        if (shared.back_failed == NULL) {
             log_fatal("out of memory");
             return 1;
         }
@@ -303,7 +338,9 @@ int main(int argc, char **argv)
     }
     log_info(0, "stopped", "sessions_left=%u", (unsigned)worker_connections);
     tlsio_ctx_free(shared.front_ctx);
+    tlsio_ctx_free(shared.back_ctx);
     learn_free(shared.front_learned);
+    learn_free(shared.back_failed);
     uv_mutex_destroy(&shared.lock);
     conf_free(conf);
     return 0;

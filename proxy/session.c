@@ -52,7 +52,12 @@ enum session_state {
     SESSION_BACK_GREETING,      /* waiting for the upstream's greeting */
     SESSION_RELAY,              /* relaying commands and replies */
     SESSION_FRONT_HANDSHAKE,    /* our 220 to STARTTLS going out, then the client's handshake */
-    SESSION_CLOSING,            /* flushing our last reply to the client, then closing */
+    /* Leg 2 negotiation, while the client waits for the reply to its first EHLO/HELO: */
+    SESSION_BACK_EHLO,      /* the upstream's reply to our EHLO (a probe, or inside TLS) */
+    SESSION_BACK_STARTTLS,  /* the upstream's reply to our STARTTLS */
+    SESSION_BACK_HANDSHAKE, /* the TLS handshake with the upstream */
+    SESSION_BACK_RECONNECT, /* the failed upstream connection closing; a new one follows */
+    SESSION_CLOSING,        /* flushing our last reply to the client, then closing */
 };
 
 /* What the front bytes are, in SESSION_RELAY. */
@@ -201,6 +206,21 @@ struct session {
     bool need_ehlo;         /* TLS just started: RFC 3207 section 4.2 */
     enum session_front_starttls front_starttls;
     uint64_t front_injected; /* bytes thrown away between STARTTLS and the handshake */
+
+    /* Leg 2: STARTTLS towards the upstream and the retries when it fails. */
+    struct buf client_ehlo; /* the client's first EHLO/HELO line, replayed on retries */
+    struct buf saved_ehlo;  /* the cleartext EHLO reply, kept while STARTTLS is tried */
+    struct sockaddr_storage back_sa;
+    enum conf_back_starttls back_policy;
+    uint8_t back_next_step;   /* index into conf->back_tls.fallback_steps */
+    bool client_helo;         /* the client greeted with HELO */
+    bool back_negotiated;     /* leg 2's TLS question has been asked for this session */
+    bool back_retrying;       /* a new connection after a failure: its greeting is ours */
+    bool back_no_client_cert; /* options of the current attempt */
+    bool back_max_tls12;
+    bool back_cleartext;
+    uint64_t back_bytes_at_220; /* to tell "closed right after 220" from a failed handshake */
+    char back_tls_reason[80];   /* why leg 2 is in cleartext, or a verification note */
     unsigned connect_attempts;
 
     struct session_pending pending[SESSION_PENDING_MAX];
@@ -231,6 +251,14 @@ static const char *session_state_name(enum session_state state)
         return "relay";
     case SESSION_FRONT_HANDSHAKE:
         return "front-handshake";
+    case SESSION_BACK_EHLO:
+        return "back-ehlo";
+    case SESSION_BACK_STARTTLS:
+        return "back-starttls";
+    case SESSION_BACK_HANDSHAKE:
+        return "back-handshake";
+    case SESSION_BACK_RECONNECT:
+        return "back-reconnect";
     case SESSION_CLOSING:
         return "closing";
     }
@@ -250,9 +278,19 @@ static void session_finish(struct session *s, const char *reason, const char *st
 static void session_abort(struct session *s, const char *reason);
 static void session_front_process(struct session *s);
 static void session_back_connect_next(struct session *s);
+static void session_back_connect_again(struct session *s);
+static void session_back_connect_to(struct session *s, const struct sockaddr *sa);
+static void session_back_tls_fallback(struct session *s, const char *reason, bool in_handshake);
 static void session_front_tls_begin(struct session *s);
 static void session_front_starttls_reply(struct session *s);
 static void session_front_starttls(struct session *s, const struct smtp_command *cmd);
+static void session_back_failed(struct session *s, const char *reason);
+static void session_back_negotiate(struct session *s, const char *line, size_t len, bool helo);
+static void session_back_retry_greeted(struct session *s, int code);
+static void session_back_decide_policy(struct session *s, const char *line, size_t len);
+static void session_back_tls_input(struct session *s);
+static void session_back_eof(struct session *s, const char *reason);
+static void session_on_timeout(uv_timer_t *timer);
 
 static void session_format_addr(char *out, size_t out_size, const struct sockaddr *sa)
 {
@@ -286,12 +324,22 @@ static void session_free(struct session *s)
         snprintf(front_tls, sizeof(front_tls), "front_tls=none front_tls_error=\"%s\"",
                  tlsio_reason(&s->front.tls));
     }
+    char back_tls[sizeof(s->back_tls_reason) + 64];
+    if (s->back.tls_active) {
+        snprintf(back_tls, sizeof(back_tls), "back_tls=%s back_cipher=%s%s%s%s",
+                 tlsio_version(&s->back.tls), tlsio_cipher(&s->back.tls),
+                 s->back_tls_reason[0] != '\0' ? " back_tls_note=\"" : "", s->back_tls_reason,
+                 s->back_tls_reason[0] != '\0' ? "\"" : "");
+    } else {
+        snprintf(back_tls, sizeof(back_tls), "back_tls=cleartext back_tls_reason=\"%s\"",
+                 s->back_tls_reason[0] != '\0' ? s->back_tls_reason : "none");
+    }
     log_info(s->id, "session",
              "client=%s upstream=%s bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " messages=%" PRIu64
-             " %s starttls=%s back_tls=none duration_ms=%" PRIu64 " end=%s",
+             " %s starttls=%s %s duration_ms=%" PRIu64 " end=%s",
              s->front_addr, s->back_addr[0] != '\0' ? s->back_addr : s->conf->upstream.host,
              s->front.bytes_read, s->back.bytes_read, s->messages, front_tls,
-             session_starttls_names[s->front_starttls], duration_ms,
+             session_starttls_names[s->front_starttls], back_tls, duration_ms,
              s->end_reason != NULL ? s->end_reason : "unknown");
     if (s->addrs != NULL) {
         uv_freeaddrinfo(s->addrs);
@@ -306,6 +354,8 @@ static void session_free(struct session *s)
         tlsio_cleanup(&sides[i]->tls);
     }
     buf_cleanup(&s->ehlo_reply);
+    buf_cleanup(&s->client_ehlo);
+    buf_cleanup(&s->saved_ehlo);
     if (s->prev != NULL) {
         s->prev->next = s->next;
     } else {
@@ -339,6 +389,8 @@ static void session_on_back_closed(uv_handle_t *handle)
     /* A failed connect attempt closes the socket before the next address is tried. */
     if (s->state == SESSION_BACK_CONNECTING) {
         session_back_connect_next(s);
+    } else if (s->state == SESSION_BACK_RECONNECT) {
+        session_back_connect_again(s);
     }
     session_unref(s);
 }
@@ -412,6 +464,19 @@ static void session_queue(struct session *s, struct session_side *side, const vo
     struct buf *to = side->tls_active ? &side->tls_plain : &side->queue;
     if (buf_append(to, data, len, SESSION_OUT_MAX) != 0) {
         session_abort(s, "out-of-memory");
+    }
+}
+
+/* session_tls_feed gives |side|'s TLS the ciphertext read so far, as much as it takes. */
+static void session_tls_feed(struct session_side *side)
+{
+    while (buf_len(&side->tls_raw) > 0) {
+        size_t n = 0;
+        if (tlsio_feed(&side->tls, &n, buf_head(&side->tls_raw), buf_len(&side->tls_raw)) != 0 ||
+            n == 0) {
+            return;
+        }
+        buf_consume(&side->tls_raw, n);
     }
 }
 
@@ -595,11 +660,15 @@ static void session_update_reading(struct session *s)
                      buf_len(&s->front.tls_raw) < SESSION_READ_SIZE &&
                      session_unsent(&s->back) < SESSION_HIGH_WATER;
         back_want = !s->back.eof && buf_len(&s->back.in) < SESSION_READ_SIZE &&
+                    buf_len(&s->back.tls_raw) < SESSION_READ_SIZE &&
                     session_unsent(&s->front) < SESSION_HIGH_WATER;
     } else if (s->state == SESSION_FRONT_HANDSHAKE) {
         front_want = !s->front.eof && buf_len(&s->front.tls_raw) < SESSION_READ_SIZE;
-    } else if (s->state == SESSION_BACK_GREETING) {
-        back_want = !s->back.eof && session_unsent(&s->front) < SESSION_HIGH_WATER;
+    } else if (s->state == SESSION_BACK_GREETING || s->state == SESSION_BACK_EHLO ||
+               s->state == SESSION_BACK_STARTTLS || s->state == SESSION_BACK_HANDSHAKE) {
+        back_want = !s->back.eof && buf_len(&s->back.in) < SESSION_READ_SIZE &&
+                    buf_len(&s->back.tls_raw) < SESSION_READ_SIZE &&
+                    session_unsent(&s->front) < SESSION_HIGH_WATER;
     } else if (s->state == SESSION_CLOSING) {
         front_want = s->lingering && !s->front.eof;
     }
@@ -627,6 +696,21 @@ static void session_arm_timer(struct session *s)
         if (s->front.tls_started) {
             return; /* one deadline for the whole handshake, set when it starts */
         }
+        break;
+    case SESSION_BACK_EHLO:
+        ms = s->back.tls_active ? c->timeouts.tls_handshake_ms : c->timeouts.command_ms;
+        break;
+    case SESSION_BACK_STARTTLS:
+        ms = c->timeouts.tls_handshake_ms;
+        break;
+    case SESSION_BACK_HANDSHAKE:
+        if (s->back.tls_started) {
+            return; /* one deadline for the whole handshake, set when it starts */
+        }
+        ms = c->timeouts.tls_handshake_ms;
+        break;
+    case SESSION_BACK_RECONNECT:
+        ms = c->timeouts.connect_ms;
         break;
     case SESSION_RELAY:
         if (session_front_in_body(s)) {
@@ -752,6 +836,12 @@ static void session_back_failed(struct session *s, const char *reason)
     if (s->back_dead) {
         return;
     }
+    /* While TLS is being negotiated, a broken connection is a reason to step down. */
+    if (s->state == SESSION_BACK_STARTTLS || s->state == SESSION_BACK_HANDSHAKE ||
+        (s->state == SESSION_BACK_EHLO && s->back.tls_active)) {
+        session_back_tls_fallback(s, reason, s->state == SESSION_BACK_HANDSHAKE);
+        return;
+    }
     log_warn(s->id, "upstream-lost", "upstream=%s reason=%s", s->back_addr, reason);
     session_finish(s, reason, "421 4.4.2", "Upstream connection lost, closing connection");
 }
@@ -842,6 +932,10 @@ static void session_front_command(struct session *s, const char *line, size_t le
         session_forward_line(s, line, len,
                              cmd.verb == SMTP_VERB_EHLO ? SESSION_PENDING_EHLO
                                                         : SESSION_PENDING_OTHER);
+        if (!s->back_negotiated) {
+            s->back_negotiated = true;
+            session_back_negotiate(s, line, len, cmd.verb == SMTP_VERB_HELO);
+        }
         break;
     case SMTP_VERB_RSET:
         s->in_transaction = false;
@@ -963,51 +1057,16 @@ static void session_front_tls_failed(struct session *s, const char *reason)
 }
 
 /*
- * session_front_tls_input moves the client's ciphertext through TLS: the handshake while
- * it lasts, then plaintext into front.in (as much as fits; the rest waits in TLS until
- * the commands before it are used up). Returns false when the session is ending.
+ * session_tls_pull moves |side|'s received ciphertext through its established TLS into
+ * side->in (as much as fits; the rest waits in TLS until the lines before it are used
+ * up). A close_notify sets side->eof. Returns false when the session is ending.
  */
-static bool session_front_tls_input(struct session *s)
+static bool session_tls_pull(struct session *s, struct session_side *side)
 {
-    struct session_side *side = &s->front;
     for (;;) {
-        while (buf_len(&side->tls_raw) > 0) {
-            size_t n = 0;
-            if (tlsio_feed(&side->tls, &n, buf_head(&side->tls_raw), buf_len(&side->tls_raw)) !=
-                    0 ||
-                n == 0) {
-                break;
-            }
-            buf_consume(&side->tls_raw, n);
-        }
-        if (s->state == SESSION_FRONT_HANDSHAKE) {
-            enum tlsio_result r;
-            do {
-                r = tlsio_handshake(&side->tls);
-                session_take_tls_out(s, side);
-            } while (r == TLSIO_WANT_WRITE && side->open);
-            if (r == TLSIO_WANT_READ) {
-                if (!side->eof) {
-                    return true;
-                }
-                r = TLSIO_FAILED; /* the client left in the middle of the handshake */
-            }
-            if (r != TLSIO_OK) {
-                const char *reason = tlsio_reason(&side->tls);
-                session_front_tls_failed(s, reason[0] != '\0' ? reason : "handshake failed");
-                return false;
-            }
-            side->tls_active = true;
-            s->front_starttls = SESSION_STARTTLS_USED;
-            s->need_ehlo = true;
-            s->in_transaction = false;
-            s->auth_continuation = false;
-            log_info(s->id, "front-tls", "client=%s version=%s cipher=%s", s->front_addr,
-                     tlsio_version(&side->tls), tlsio_cipher(&side->tls));
-            session_enter(s, SESSION_RELAY);
-        }
+        session_tls_feed(side);
         bool progress = false;
-        while (buf_len(&s->front.in) < SESSION_READ_SIZE) {
+        while (buf_len(&side->in) < SESSION_READ_SIZE) {
             if (buf_reserve(&side->in, SESSION_READ_SIZE, SESSION_IN_MAX) != 0) {
                 session_abort(s, "out-of-memory");
                 return false;
@@ -1017,13 +1076,19 @@ static bool session_front_tls_input(struct session *s)
                 tlsio_read(&side->tls, &n, buf_tail(&side->in), buf_tail_len(&side->in));
             buf_commit(&side->in, n);
             if (r == TLSIO_CLOSED) {
-                side->eof = true; /* close_notify: the client is done */
+                side->eof = true;
                 break;
             }
             if (r == TLSIO_FAILED) {
-                log_warn(s->id, "front-tls-error", "client=%s reason=\"%s\"", s->front_addr,
+                bool front = side == &s->front;
+                log_warn(s->id, front ? "front-tls-error" : "back-tls-error",
+                         "peer=%s reason=\"%s\"", front ? s->front_addr : s->back_addr,
                          tlsio_reason(&side->tls));
-                session_abort(s, "client-tls-error");
+                if (front) {
+                    session_abort(s, "client-tls-error");
+                } else {
+                    session_back_failed(s, "upstream-tls-error");
+                }
                 return false;
             }
             if (n == 0) {
@@ -1036,6 +1101,43 @@ static bool session_front_tls_input(struct session *s)
             return true;
         }
     }
+}
+
+/*
+ * session_front_tls_input runs the client's handshake on what it sent, then moves any
+ * plaintext into front.in. Returns false when the session is ending.
+ */
+static bool session_front_tls_input(struct session *s)
+{
+    struct session_side *side = &s->front;
+    if (s->state == SESSION_FRONT_HANDSHAKE) {
+        session_tls_feed(side);
+        enum tlsio_result r;
+        do {
+            r = tlsio_handshake(&side->tls);
+            session_take_tls_out(s, side);
+        } while (r == TLSIO_WANT_WRITE && side->open);
+        if (r == TLSIO_WANT_READ) {
+            if (!side->eof) {
+                return true;
+            }
+            r = TLSIO_FAILED; /* the client left in the middle of the handshake */
+        }
+        if (r != TLSIO_OK) {
+            const char *reason = tlsio_reason(&side->tls);
+            session_front_tls_failed(s, reason[0] != '\0' ? reason : "handshake failed");
+            return false;
+        }
+        side->tls_active = true;
+        s->front_starttls = SESSION_STARTTLS_USED;
+        s->need_ehlo = true;
+        s->in_transaction = false;
+        s->auth_continuation = false;
+        log_info(s->id, "front-tls", "client=%s version=%s cipher=%s", s->front_addr,
+                 tlsio_version(&side->tls), tlsio_cipher(&side->tls));
+        session_enter(s, SESSION_RELAY);
+    }
+    return session_tls_pull(s, side);
 }
 
 /* Each session_front_* step consumes a prefix of |data| and returns its length; 0 means
@@ -1376,15 +1478,429 @@ static void session_back_greeting_line(struct session *s, const char *line, size
                        "Upstream unavailable, try again later");
         return;
     }
+    if (s->back_retrying) {
+        /* A fallback connection: the client had its greeting long ago. */
+        if (done) {
+            session_back_retry_greeted(s, code);
+        }
+        return;
+    }
+    if (s->reply_parser.code == 0 || done) {
+        session_back_decide_policy(s, line, len);
+    }
     session_relay_reply_line(s, line, len);
     if (done) {
         session_enter(s, SESSION_RELAY);
     }
 }
 
+/* ---- back: STARTTLS towards the upstream and the fallback ladder ------------------------ */
+
+/* session_back_decide_policy picks leg 2's policy from the first greeting line: the most
+ * specific [upstream_policy] pattern for the configured name, the greeting's host name and
+ * the address. */
+static void session_back_decide_policy(struct session *s, const char *line, size_t len)
+{
+    const struct conf *c = s->conf;
+    s->back_policy = c->back_tls.starttls;
+    char greeting_name[CONF_HOST_MAX + 1] = "";
+    if (len > 4) {
+        const char *name = line + 4;
+        size_t name_len = len - 4;
+        const char *space = memchr(name, ' ', name_len);
+        if (space != NULL) {
+            name_len = (size_t)(space - name);
+        }
+        if (name_len <= CONF_HOST_MAX && memchr(name, '\0', name_len) == NULL) {
+            memcpy(greeting_name, name, name_len);
+            greeting_name[name_len] = '\0';
+        }
+    }
+    const char *names[] = {c->upstream.numeric ? NULL : c->upstream.host,
+                           greeting_name[0] != '\0' ? greeting_name : NULL};
+    enum conf_back_starttls policy;
+    if (conf_policy_lookup(&policy, c, names, 2, (const struct sockaddr *)&s->back_sa)) {
+        s->back_policy = policy;
+    }
+}
+
+static void session_back_send(struct session *s, const char *data, size_t len)
+{
+    session_queue(s, &s->back, data, len);
+}
+
+/* session_back_send_probe sends "EHLO <the client's name>", whatever the client said. */
+static void session_back_send_probe(struct session *s)
+{
+    const char *line = buf_head(&s->client_ehlo);
+    size_t len = buf_len(&s->client_ehlo);
+    session_back_send(s, "EHLO", 4);
+    session_back_send(s, line + 4, len - 4);
+    session_back_send(s, "\r\n", 2);
+}
+
+/* session_back_send_client_greeting sends the client's own EHLO or HELO line. */
+static void session_back_send_client_greeting(struct session *s)
+{
+    session_back_send(s, buf_head(&s->client_ehlo), buf_len(&s->client_ehlo));
+    session_back_send(s, "\r\n", 2);
+}
+
+/*
+ * session_back_negotiate starts leg 2's STARTTLS on the client's first EHLO/HELO, which
+ * session_front_command has just queued (forwarded and pushed). Where TLS is to be tried,
+ * the forwarded line is replaced by our probe and the client waits until it is settled.
+ */
+static void session_back_negotiate(struct session *s, const char *line, size_t len, bool helo)
+{
+    const char *skip = NULL;
+    struct learn *failed = s->worker->shared->back_failed;
+    if (s->back_policy == CONF_BACK_STARTTLS_OFF) {
+        skip = "policy-off";
+    } else if (s->back_policy == CONF_BACK_STARTTLS_MAY && failed != NULL &&
+               learn_contains(failed, (const struct sockaddr *)&s->back_sa,
+                              uv_hrtime() / 1000000)) {
+        skip = "remembered";
+    } else if (s->worker->shared->back_ctx == NULL) {
+        skip = "policy-off";
+    }
+    if (skip != NULL) {
+        snprintf(s->back_tls_reason, sizeof(s->back_tls_reason), "%s", skip);
+        return; /* the line goes up as it is */
+    }
+    /* Take back the line just queued: the probe goes instead. */
+    size_t queued = len + 2;
+    assert(buf_len(&s->back.queue) >= queued);
+    s->back.queue.end -= queued;
+    if (buf_append(&s->client_ehlo, line, len, SMTP_EHLO_REPLY_MAX) != 0) {
+        session_abort(s, "out-of-memory");
+        return;
+    }
+    s->client_helo = helo;
+    session_back_send_probe(s);
+    session_enter(s, SESSION_BACK_EHLO);
+}
+
+/* session_back_answer gives the client the reply to its EHLO/HELO: negotiation is over. */
+static void session_back_answer(struct session *s, struct buf *reply, int code)
+{
+    enum session_pending_kind kind = s->pending[s->pending_head].kind;
+    session_pop(s);
+    session_enter(s, SESSION_RELAY);
+    if (kind == SESSION_PENDING_EHLO) {
+        if (reply != &s->ehlo_reply) {
+            buf_cleanup(&s->ehlo_reply);
+            s->ehlo_reply = *reply;
+            buf_init(reply);
+        }
+        session_ehlo_reply_done(s, code);
+    } else {
+        session_queue(s, &s->front, buf_head(reply), buf_len(reply));
+        buf_cleanup(reply);
+    }
+    buf_cleanup(&s->ehlo_reply);
+    buf_cleanup(&s->saved_ehlo);
+    session_send_ready_local_replies(s);
+}
+
+/*
+ * session_back_go_cleartext settles leg 2 as cleartext on the current connection, which
+ * has just answered our EHLO probe with |reply| (code |code|). A HELO client gets its own
+ * HELO sent, so its reply has the form it expects.
+ */
+static void session_back_go_cleartext(struct session *s, struct buf *reply, int code)
+{
+    if (s->client_helo) {
+        buf_cleanup(reply);
+        session_back_send_client_greeting(s);
+        session_enter(s, SESSION_RELAY); /* the HELO reply answers the client's HELO */
+        return;
+    }
+    session_back_answer(s, reply, code);
+}
+
+static void session_back_fail_required(struct session *s, const char *reason)
+{
+    log_warn(s->id, "back-tls-required-failed", "upstream=%s reason=\"%s\"", s->back_addr, reason);
+    session_finish(s, "upstream-tls-failed", "421 4.7.0",
+                   "TLS to the upstream failed, try again later");
+}
+
+/* session_back_remember records the upstream's TLS failure, once per session. */
+static void session_back_remember(struct session *s, const char *reason)
+{
+    struct learn *failed = s->worker->shared->back_failed;
+    if (s->back_tls_reason[0] == '\0') {
+        snprintf(s->back_tls_reason, sizeof(s->back_tls_reason), "%s", reason);
+    }
+    if (failed != NULL && s->back_policy == CONF_BACK_STARTTLS_MAY &&
+        learn_add(failed, (const struct sockaddr *)&s->back_sa, uv_hrtime() / 1000000)) {
+        log_info(s->id, "back-tls-remembered", "upstream=%s reason=\"%s\" ttl_ms=%" PRIu64,
+                 s->back_addr, reason, s->conf->back_tls.remember_failures_ms);
+    }
+}
+
+/*
+ * session_back_tls_fallback handles a failed handshake, or a failure right after it: that
+ * connection is finished. The next applicable step of fallback_steps is tried on a new
+ * connection, the last being cleartext; with require, or nothing left, the client gets 421.
+ */
+static void session_back_tls_fallback(struct session *s, const char *reason, bool in_handshake)
+{
+    const struct conf *c = s->conf;
+    session_back_remember(s, reason);
+    const char *action = NULL;
+    if (s->back_policy != CONF_BACK_STARTTLS_REQUIRE && c->back_tls.fallback) {
+        while (action == NULL && s->back_next_step < c->back_tls.n_fallback_steps) {
+            switch (c->back_tls.fallback_steps[s->back_next_step++]) {
+            case CONF_FALLBACK_NO_CLIENT_CERT:
+                if (in_handshake && c->back_tls.certificate != NULL && !s->back_no_client_cert) {
+                    s->back_no_client_cert = true;
+                    action = "retry-no-client-cert";
+                }
+                break;
+            case CONF_FALLBACK_TLS12:
+                if (in_handshake && !s->back_max_tls12) {
+                    s->back_max_tls12 = true;
+                    action = "retry-tls12";
+                }
+                break;
+            case CONF_FALLBACK_CLEARTEXT:
+                s->back_cleartext = true;
+                action = "reconnect-cleartext";
+                break;
+            }
+        }
+    }
+    log_warn(s->id, "back-tls-failed", "upstream=%s reason=\"%s\" action=%s", s->back_addr, reason,
+             action != NULL ? action : "fail");
+    if (action == NULL) {
+        session_back_fail_required(s, reason);
+        return;
+    }
+    session_enter(s, SESSION_BACK_RECONNECT);
+    session_side_close(s, &s->back, false); /* its close callback connects again */
+}
+
+/* session_back_retry_greeted goes on once a fallback connection has greeted. */
+static void session_back_retry_greeted(struct session *s, int code)
+{
+    if (code < 200 || code >= 300) {
+        log_warn(s->id, "upstream-refused-retry", "upstream=%s code=%d", s->back_addr, code);
+        session_finish(s, "upstream-unreachable", "421 4.4.0",
+                       "Upstream unavailable, try again later");
+        return;
+    }
+    if (s->back_cleartext) {
+        /* The last step: the client's own EHLO/HELO, answered the normal way. */
+        session_back_send_client_greeting(s);
+        session_enter(s, SESSION_RELAY);
+        return;
+    }
+    session_back_send_probe(s);
+    session_enter(s, SESSION_BACK_EHLO);
+}
+
+/* session_back_tls_begin starts the handshake after the upstream's 220 to STARTTLS. */
+static void session_back_tls_begin(struct session *s)
+{
+    /* Response injection: whatever came after the 220 was not protected by TLS. */
+    size_t injected = buf_len(&s->back.in);
+    if (injected > 0) {
+        log_warn(s->id, "starttls-response-injection", "upstream=%s discarded=%zu", s->back_addr,
+                 injected);
+    }
+    buf_cleanup(&s->back.in);
+    const struct conf *c = s->conf;
+    struct tlsio_back_options options = {
+        .name = c->mode == CONF_MODE_FORWARD ? c->upstream.host : NULL,
+        .no_client_cert = s->back_no_client_cert,
+        .max_tls12 = s->back_max_tls12,
+        .verify_soft = s->back_policy != CONF_BACK_STARTTLS_REQUIRE,
+    };
+    int rc = tlsio_start_back(&s->back.tls, s->worker->shared->back_ctx, &options);
+    if (rc != 0) {
+        log_error(s->id, "back-tls-start-failed", "error=\"%s\"", uv_strerror(rc));
+        session_abort(s, "internal-error");
+        return;
+    }
+    s->back.tls_started = true;
+    s->back_bytes_at_220 = s->back.bytes_read;
+    uv_timer_start(&s->timer, session_on_timeout, c->timeouts.tls_handshake_ms, 0);
+    session_back_tls_input(s);
+}
+
+/* session_back_tls_failure_reason names a failed handshake, RFC 8460 style where one fits. */
+static void session_back_tls_failure_reason(struct session *s, char *out, size_t out_size)
+{
+    const struct tlsio *t = &s->back.tls;
+    const char *text = tlsio_reason(t);
+    switch (tlsio_failure(t)) {
+    case TLSIO_FAILURE_EOF:
+        snprintf(out, out_size, "%s",
+                 s->back.bytes_read == s->back_bytes_at_220 ? "eof-after-220"
+                                                            : "eof-during-handshake");
+        return;
+    case TLSIO_FAILURE_ALERT:
+        snprintf(out, out_size, "tls-alert:%s", text);
+        return;
+    case TLSIO_FAILURE_VERIFY:
+        switch (tlsio_verify_result(t, NULL)) {
+        case TLSIO_VERIFY_HOST_MISMATCH:
+            snprintf(out, out_size, "certificate-host-mismatch");
+            return;
+        case TLSIO_VERIFY_EXPIRED:
+            snprintf(out, out_size, "certificate-expired");
+            return;
+        default:
+            snprintf(out, out_size, "validation-failure");
+            return;
+        }
+    default:
+        snprintf(out, out_size, "tls-error:%s", text[0] != '\0' ? text : "handshake failed");
+        return;
+    }
+}
+
+/* session_back_tls_input runs the upstream handshake on what it sent; once done, our
+ * EHLO (or the client's HELO) goes up inside TLS. */
+static void session_back_tls_input(struct session *s)
+{
+    struct session_side *side = &s->back;
+    session_tls_feed(side);
+    enum tlsio_result r;
+    do {
+        r = tlsio_handshake(&side->tls);
+        session_take_tls_out(s, side);
+    } while (r == TLSIO_WANT_WRITE && side->open);
+    if (r == TLSIO_WANT_READ && !side->eof) {
+        return;
+    }
+    if (r != TLSIO_OK) {
+        char reason[sizeof(s->back_tls_reason)];
+        session_back_tls_failure_reason(s, reason, sizeof(reason));
+        session_back_tls_fallback(s, reason, tlsio_failure(&side->tls) != TLSIO_FAILURE_VERIFY);
+        return;
+    }
+    side->tls_active = true;
+    const char *verify_text = NULL;
+    enum tlsio_verify verify = tlsio_verify_result(&side->tls, &verify_text);
+    if (verify != TLSIO_VERIFY_OK && verify != TLSIO_VERIFY_NOT_CHECKED) {
+        /* Opportunistic (may): an unverified encrypted leg still beats cleartext. */
+        log_warn(s->id, "back-tls-unverified", "upstream=%s reason=\"%s\" action=continue",
+                 s->back_addr, verify_text != NULL ? verify_text : "?");
+        snprintf(s->back_tls_reason, sizeof(s->back_tls_reason), "unverified");
+    } else {
+        s->back_tls_reason[0] = '\0';
+    }
+    log_info(s->id, "back-tls", "upstream=%s version=%s cipher=%s", s->back_addr,
+             tlsio_version(&side->tls), tlsio_cipher(&side->tls));
+    if (s->client_helo) {
+        session_back_send_client_greeting(s);
+    } else {
+        session_back_send_probe(s);
+    }
+    session_enter(s, SESSION_BACK_EHLO);
+}
+
+/* session_back_negotiation_reply acts on a complete reply in SESSION_BACK_EHLO or
+ * SESSION_BACK_STARTTLS (its lines are in s->ehlo_reply). */
+static void session_back_negotiation_reply(struct session *s, int code)
+{
+    char reason[64];
+    if (s->state == SESSION_BACK_STARTTLS) {
+        if (code == 220) {
+            buf_cleanup(&s->ehlo_reply);
+            session_enter(s, SESSION_BACK_HANDSHAKE); /* begins once this line is consumed */
+            return;
+        }
+        /* Refused by a reply: RFC 3207 lets this connection go on in cleartext. */
+        snprintf(reason, sizeof(reason), "starttls-refused-%d", code);
+        buf_cleanup(&s->ehlo_reply);
+        session_back_remember(s, reason);
+        log_warn(
+            s->id, "back-tls-failed", "upstream=%s reason=\"%s\" action=%s", s->back_addr, reason,
+            s->back_policy == CONF_BACK_STARTTLS_REQUIRE ? "fail" : "cleartext-same-connection");
+        if (s->back_policy == CONF_BACK_STARTTLS_REQUIRE) {
+            session_back_fail_required(s, reason);
+            return;
+        }
+        session_back_go_cleartext(s, &s->saved_ehlo, 250);
+        return;
+    }
+    if (s->back.tls_active) {
+        if (code >= 200 && code < 300) {
+            session_back_answer(s, &s->ehlo_reply, code);
+            return;
+        }
+        /* e.g. "403 4.7.0 TLS handshake failed": this connection is no good. */
+        snprintf(reason, sizeof(reason), "post-tls-ehlo-%d", code);
+        buf_cleanup(&s->ehlo_reply);
+        session_back_tls_fallback(s, reason, false);
+        return;
+    }
+    /* Our probe on a cleartext connection. */
+    unsigned caps = 0;
+    if (code != 250 ||
+        smtp_ehlo_caps(&caps, buf_head(&s->ehlo_reply), buf_len(&s->ehlo_reply)) != SMTP_OK ||
+        (caps & SMTP_CAP_STARTTLS) == 0) {
+        snprintf(s->back_tls_reason, sizeof(s->back_tls_reason), "%s",
+                 code == 250 ? "starttls-not-supported" : "ehlo-refused");
+        if (s->back_policy == CONF_BACK_STARTTLS_REQUIRE) {
+            buf_cleanup(&s->ehlo_reply);
+            session_back_fail_required(s, s->back_tls_reason);
+            return;
+        }
+        session_back_go_cleartext(s, &s->ehlo_reply, code);
+        return;
+    }
+    buf_cleanup(&s->saved_ehlo);
+    s->saved_ehlo = s->ehlo_reply;
+    buf_init(&s->ehlo_reply);
+    session_back_send(s, "STARTTLS\r\n", 10);
+    session_enter(s, SESSION_BACK_STARTTLS);
+}
+
+/* session_back_negotiation_line collects one reply line in SESSION_BACK_EHLO or
+ * SESSION_BACK_STARTTLS. */
+static void session_back_negotiation_line(struct session *s, const char *line, size_t len)
+{
+    int code = 0;
+    bool done = false;
+    if (smtp_reply_parse_line(&s->reply_parser, &code, &done, line, len) != SMTP_OK) {
+        char text[80];
+        log_warn(s->id, "upstream-protocol-error", "line=\"%s\"",
+                 log_escape(text, sizeof(text), line, len, 60));
+        if (s->state == SESSION_BACK_STARTTLS) {
+            session_back_tls_fallback(s, "starttls-bad-reply", false);
+        } else {
+            session_back_failed(s, "upstream-protocol-error");
+        }
+        return;
+    }
+    if (buf_append(&s->ehlo_reply, line, len, SMTP_EHLO_REPLY_MAX) != 0 ||
+        buf_append(&s->ehlo_reply, "\r\n", 2, SMTP_EHLO_REPLY_MAX) != 0) {
+        session_back_failed(s, "ehlo-reply-too-long");
+        return;
+    }
+    if (done) {
+        session_back_negotiation_reply(s, code);
+    }
+}
+
+static bool session_back_reads_lines(const struct session *s)
+{
+    return s->state == SESSION_BACK_GREETING || s->state == SESSION_RELAY ||
+           s->state == SESSION_BACK_EHLO || s->state == SESSION_BACK_STARTTLS;
+}
+
 static void session_back_process(struct session *s)
 {
-    while (s->state == SESSION_BACK_GREETING || s->state == SESSION_RELAY) {
+    while (session_back_reads_lines(s)) {
+        if (s->back.tls_active && buf_len(&s->back.in) < SESSION_READ_SIZE &&
+            !session_tls_pull(s, &s->back)) {
+            return;
+        }
         size_t len = buf_len(&s->back.in);
         if (len == 0) {
             return;
@@ -1400,13 +1916,24 @@ static void session_back_process(struct session *s)
             session_back_failed(s, "reply-line-too-long");
             return;
         }
-        /* A CR before the LF belongs to the line ending, not the text. */
-        if (s->state == SESSION_BACK_GREETING) {
+        switch (s->state) {
+        case SESSION_BACK_GREETING:
             session_back_greeting_line(s, data, line_len);
-        } else {
+            break;
+        case SESSION_RELAY:
             session_back_reply_line(s, data, line_len);
+            break;
+        default:
+            session_back_negotiation_line(s, data, line_len);
+            break;
+        }
+        if (!s->back.open) {
+            return; /* the line's handler closed this connection (and maybe opens another) */
         }
         buf_consume(&s->back.in, line_len + eol_len);
+    }
+    if (s->state == SESSION_BACK_HANDSHAKE && !s->back.tls_started) {
+        session_back_tls_begin(s);
     }
 }
 
@@ -1418,27 +1945,36 @@ static void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_bu
         return;
     }
     if (nread > 0) {
-        buf_commit(&s->back.in, (size_t)nread);
+        buf_commit(s->back.tls_started ? &s->back.tls_raw : &s->back.in, (size_t)nread);
         s->back.bytes_read += (uint64_t)nread;
+    } else {
+        s->back.eof = true;
+        if (s->back.tls_started) {
+            tlsio_feed_eof(&s->back.tls);
+        }
     }
     switch (s->state) {
+    case SESSION_BACK_HANDSHAKE:
+        session_back_tls_input(s);
+        if (s->state == SESSION_BACK_EHLO) {
+            session_back_process(s); /* a reply may have come with the handshake's end */
+        }
+        break;
     case SESSION_BACK_GREETING:
+    case SESSION_BACK_EHLO:
+    case SESSION_BACK_STARTTLS:
     case SESSION_RELAY:
-        if (nread > 0) {
-            session_back_process(s);
-            if (s->state == SESSION_RELAY) {
-                session_front_process(s);
-            }
-        } else {
-            s->back.eof = true;
-            session_side_close(s, &s->back, false);
-            if (s->state == SESSION_BACK_GREETING) {
-                log_warn(s->id, "upstream-closed-before-greeting", "upstream=%s", s->back_addr);
-                session_finish(s, "upstream-unreachable", "421 4.4.0",
-                               "Upstream unavailable, try again later");
-            } else {
-                session_back_failed(s, nread == UV_EOF ? "upstream-closed" : "upstream-error");
-            }
+        session_back_process(s);
+        if (s->state == SESSION_BACK_HANDSHAKE || !s->back.open) {
+            break;
+        }
+        if (s->back.eof) {
+            session_back_eof(s,
+                             nread == UV_EOF || nread > 0 ? "upstream-closed" : "upstream-error");
+            break;
+        }
+        if (s->state == SESSION_RELAY) {
+            session_front_process(s);
         }
         break;
     default:
@@ -1450,6 +1986,32 @@ static void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_bu
     if (s->front.open) {
         session_after_io(s);
     }
+}
+
+/* session_back_eof: the upstream will send no more (close, reset or close_notify). */
+static void session_back_eof(struct session *s, const char *reason)
+{
+    switch (s->state) {
+    case SESSION_BACK_GREETING:
+        session_side_close(s, &s->back, false);
+        log_warn(s->id, "upstream-closed-before-greeting", "upstream=%s", s->back_addr);
+        session_finish(s, "upstream-unreachable", "421 4.4.0",
+                       "Upstream unavailable, try again later");
+        return;
+    case SESSION_BACK_STARTTLS:
+        session_back_tls_fallback(s, "eof-after-starttls", false);
+        return;
+    case SESSION_BACK_EHLO:
+        if (s->back.tls_active) {
+            session_back_tls_fallback(s, "post-tls-eof", false);
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    session_side_close(s, &s->back, false);
+    session_back_failed(s, reason);
 }
 
 /* ---- back: resolving and connecting ------------------------------------------------------ */
@@ -1496,6 +2058,14 @@ static void session_back_connect_next(struct session *s)
         return;
     }
     s->connect_attempts++;
+    session_back_connect_to(s, sa);
+}
+
+/* session_back_connect_to opens a new upstream connection to |sa|. */
+static void session_back_connect_to(struct session *s, const struct sockaddr *sa)
+{
+    memcpy(&s->back_sa, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     session_format_addr(s->back_addr, sizeof(s->back_addr), sa);
     int rc = uv_tcp_init(&s->worker->loop, &s->back.tcp);
     if (rc != 0) {
@@ -1517,6 +2087,34 @@ static void session_back_connect_next(struct session *s)
     }
     s->n_handles++; /* the request */
     session_arm_timer(s);
+}
+
+/*
+ * session_back_connect_again opens the next attempt of the fallback ladder, once the
+ * failed connection is closed: a fresh socket and a fresh TLS state, same address.
+ */
+static void session_back_connect_again(struct session *s)
+{
+    struct session_side *b = &s->back;
+    buf_cleanup(&b->in);
+    buf_cleanup(&b->out);
+    buf_cleanup(&b->queue);
+    buf_cleanup(&b->tls_raw);
+    buf_cleanup(&b->tls_plain);
+    tlsio_cleanup(&b->tls);
+    b->tls_started = false;
+    b->tls_active = false;
+    b->writing = false;
+    b->reading = false;
+    b->eof = false;
+    buf_cleanup(&s->ehlo_reply);
+    buf_cleanup(&s->saved_ehlo);
+    s->back_caps = 0;
+    s->back_retrying = true;
+    smtp_reply_parser_init(&s->reply_parser);
+    session_enter(s, SESSION_BACK_CONNECTING);
+    struct sockaddr_storage sa = s->back_sa;
+    session_back_connect_to(s, (const struct sockaddr *)&sa);
 }
 
 static void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -1605,6 +2203,23 @@ static void session_on_timeout(uv_timer_t *timer)
     case SESSION_FRONT_HANDSHAKE:
         session_front_tls_failed(s, "handshake timeout");
         break;
+    case SESSION_BACK_HANDSHAKE:
+        session_back_tls_fallback(s, "handshake-timeout", true);
+        break;
+    case SESSION_BACK_STARTTLS:
+        session_back_tls_fallback(s, "starttls-reply-timeout", false);
+        break;
+    case SESSION_BACK_EHLO:
+        if (s->back.tls_active) {
+            session_back_tls_fallback(s, "post-tls-ehlo-timeout", false);
+        } else {
+            log_warn(s->id, "upstream-timeout", "upstream=%s phase=ehlo", s->back_addr);
+            session_finish(s, "upstream-timeout", "421 4.4.2",
+                           "Upstream did not answer, closing connection");
+        }
+        break;
+    case SESSION_BACK_RECONNECT:
+        break; /* the close callback comes at once */
     case SESSION_CLOSING:
         session_abort(s, s->end_reason);
         return;
@@ -1636,6 +2251,8 @@ static struct session *session_new(struct worker *w)
     buf_init(&s->back.out);
     buf_init(&s->back.queue);
     buf_init(&s->ehlo_reply);
+    buf_init(&s->client_ehlo);
+    buf_init(&s->saved_ehlo);
     buf_init(&s->front.tls_raw);
     buf_init(&s->front.tls_plain);
     buf_init(&s->back.tls_raw);

@@ -265,7 +265,9 @@ static void smtp_put(struct smtp_writer *w, const char *data, size_t len)
         w->overflow = true;
         return;
     }
-    memcpy(w->out + w->len, data, len);
+    if (w->out != NULL) { /* NULL: only reading the capabilities */
+        memcpy(w->out + w->len, data, len);
+    }
     w->len += len;
 }
 
@@ -327,7 +329,7 @@ enum smtp_result smtp_ehlo_edit(char *out, size_t *out_len, unsigned *out_caps, 
     }
     if (add_starttls) {
         smtp_put(&w, "250 STARTTLS\r\n", 14);
-    } else if (!w.overflow) {
+    } else if (!w.overflow && w.out != NULL) {
         w.out[last_separator_at] = ' ';
     }
     if (w.overflow) {
@@ -435,4 +437,10 @@ bool smtp_skip_bad_data(struct smtp_data_scanner *s, size_t *out_used, const cha
     }
     s->state = state;
     return false;
+}
+
+enum smtp_result smtp_ehlo_caps(unsigned *out_caps, const char *reply, size_t reply_len)
+{
+    size_t len;
+    return smtp_ehlo_edit(NULL, &len, out_caps, SIZE_MAX, reply, reply_len, false);
 }

@@ -140,6 +140,12 @@ enum smtp_result smtp_ehlo_edit(char *out, size_t *out_len, unsigned *out_caps, 
                                 const char *reply, size_t reply_len, bool add_starttls);
 
 /*
+ * smtp_ehlo_caps reads the capabilities of a complete 250 EHLO reply without editing it.
+ * Returns SMTP_OK or SMTP_BAD_SYNTAX, like smtp_ehlo_edit().
+ */
+enum smtp_result smtp_ehlo_caps(unsigned *out_caps, const char *reply, size_t reply_len);
+
+/*
  * The end-of-data scanner (RFC 5321 section 4.1.1.4): finds CRLF "." CRLF in DATA
  * content fed in pieces split at any byte. The content is considered to start at the
  * beginning of a line, so ".\r\n" as the very first bytes ends an empty message.

@@ -29,6 +29,8 @@ struct worker_shared {
     uv_mutex_t lock;
     struct tlsio_ctx *front_ctx; /* NULL when [client_tls] starttls = strip */
     struct learn *front_learned; /* clients whose handshake failed; NULL: not learning */
+    struct tlsio_ctx *back_ctx;  /* leg 2; NULL when STARTTLS upstream is never used */
+    struct learn *back_failed;   /* upstreams whose TLS failed, for remember_failures */
 };
 
 struct worker {

@@ -28,7 +28,8 @@ def check_fields(fields, c, upstream):
     assert fields["upstream"] == upstream.addr
     assert str(fields["messages"]) == "1"
     assert fields["front_tls"] == "none"
-    assert fields["back_tls"] == "none"
+    assert fields["back_tls"] == "cleartext"
+    assert fields["back_tls_reason"] == "policy-off"
     assert fields["end"] == "quit"
     assert re.fullmatch(r"\d+", str(fields["duration_ms"]))
     # Bytes each way on the client's leg: what the client sent and what it received.

@@ -1099,8 +1099,50 @@ static void test_cidr_match(void)
     CHECK(!conf_cidr_match(&cidr, (const struct sockaddr *)&unix_sa));
 }
 
+static void test_policy_lookup(void)
+{
+    struct conf *conf = load_ok_at(__LINE__, "[upstream_policy]\n"
+                                             "off = *.example.com, 192.0.2.0/24\n"
+                                             "may = *.mx.example.com, 192.0.2.128/25\n"
+                                             "require = mx1.mx.example.com, 2001:db8::/32\n");
+    if (conf == NULL) {
+        return;
+    }
+    enum conf_back_starttls got = CONF_BACK_STARTTLS_MAY;
+    const char *exact[] = {"MX1.mx.example.com"};
+    CHECK(conf_policy_lookup(&got, conf, exact, 1, NULL));
+    CHECK_INT(got, CONF_BACK_STARTTLS_REQUIRE);
+    const char *longer_suffix[] = {NULL, "mx2.mx.example.com"};
+    CHECK(conf_policy_lookup(&got, conf, longer_suffix, 2, NULL));
+    CHECK_INT(got, CONF_BACK_STARTTLS_MAY);
+    const char *short_suffix[] = {"a.example.com"};
+    CHECK(conf_policy_lookup(&got, conf, short_suffix, 1, NULL));
+    CHECK_INT(got, CONF_BACK_STARTTLS_OFF);
+    const char *bare[] = {"example.com"}; /* "*.example.com" names what is under it */
+    CHECK(!conf_policy_lookup(&got, conf, bare, 1, NULL));
+
+    struct sockaddr_in in = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "192.0.2.200", &in.sin_addr);
+    CHECK(conf_policy_lookup(&got, conf, NULL, 0, (struct sockaddr *)&in));
+    CHECK_INT(got, CONF_BACK_STARTTLS_MAY); /* /25 beats /24 */
+    inet_pton(AF_INET, "192.0.2.1", &in.sin_addr);
+    CHECK(conf_policy_lookup(&got, conf, NULL, 0, (struct sockaddr *)&in));
+    CHECK_INT(got, CONF_BACK_STARTTLS_OFF);
+    /* A name beats an address, whatever the prefix length. */
+    CHECK(conf_policy_lookup(&got, conf, exact, 1, (struct sockaddr *)&in));
+    CHECK_INT(got, CONF_BACK_STARTTLS_REQUIRE);
+    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+    inet_pton(AF_INET6, "2001:db8::25", &in6.sin6_addr);
+    CHECK(conf_policy_lookup(&got, conf, NULL, 0, (struct sockaddr *)&in6));
+    CHECK_INT(got, CONF_BACK_STARTTLS_REQUIRE);
+    inet_pton(AF_INET, "198.51.100.1", &in.sin_addr);
+    CHECK(!conf_policy_lookup(&got, conf, NULL, 0, (struct sockaddr *)&in));
+    conf_free(conf);
+}
+
 int main(void)
 {
+    test_policy_lookup();
     test_defaults();
     test_shipped_config();
     test_every_key();

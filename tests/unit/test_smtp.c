@@ -1063,8 +1063,22 @@ static void test_skip_bad_data(void)
     CHECK(smtp_skip_bad_data(&s, &used, LIT(".\r\n")));
 }
 
+static void test_ehlo_caps(void)
+{
+    static const char reply[] = "250-mx.example\r\n250-STARTTLS\r\n250-CHUNKING\r\n250 SIZE 10\r\n";
+    unsigned caps = 0;
+    CHECK_INT(smtp_ehlo_caps(&caps, reply, sizeof(reply) - 1), SMTP_OK);
+    CHECK_INT(caps, SMTP_CAP_STARTTLS | SMTP_CAP_CHUNKING | SMTP_CAP_SIZE);
+    static const char single[] = "250 mx.example STARTTLS\r\n"; /* greeting line only */
+    CHECK_INT(smtp_ehlo_caps(&caps, single, sizeof(single) - 1), SMTP_OK);
+    CHECK_INT(caps, 0);
+    static const char refused[] = "502 5.5.1 no\r\n";
+    CHECK_INT(smtp_ehlo_caps(&caps, refused, sizeof(refused) - 1), SMTP_BAD_SYNTAX);
+}
+
 int main(void)
 {
+    test_ehlo_caps();
     test_line_find();
     test_command_verbs();
     test_command_bad_bytes();
