@@ -379,10 +379,11 @@ enum proxyproto_result proxyproto_parse(struct proxyproto_header *out, size_t *o
 
     memset(out, 0, sizeof(*out));
     *out_len = 0;
+    if (mode != PROXYPROTO_ANY && mode != PROXYPROTO_V1 && mode != PROXYPROTO_V2) {
+        return PROXYPROTO_BAD;
+    }
     if (len == 0) {
-        return mode == PROXYPROTO_ANY || mode == PROXYPROTO_V1 || mode == PROXYPROTO_V2
-                   ? PROXYPROTO_NEED_MORE
-                   : PROXYPROTO_BAD;
+        return PROXYPROTO_NEED_MORE;
     }
     switch (mode) {
     case PROXYPROTO_V1:
@@ -400,7 +401,7 @@ enum proxyproto_result proxyproto_parse(struct proxyproto_header *out, size_t *o
         }
         break;
     default:
-        return PROXYPROTO_BAD;
+        return PROXYPROTO_BAD; /* checked above; keeps the compiler sure r is set */
     }
     if (r == PROXYPROTO_OK) {
         *out = h;

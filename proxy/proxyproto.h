@@ -4,7 +4,7 @@
  * we put in front of a back connection.
  *
  * Nothing here does I/O, allocates memory or logs. Input is never trusted: all lengths are
- * explicit, any byte value is allowed anywhere, and every limit is checked.
+ * explicit, NUL and any other byte may come anywhere, and every limit is checked.
  */
 #ifndef PROXY_PROXYPROTO_H
 #define PROXY_PROXYPROTO_H

@@ -193,17 +193,18 @@ struct session {
     struct smtp_data_scanner scanner;
     uint64_t chunk_left;
     bool chunk_discard;
-    bool wait_data_reply;   /* DATA forwarded: the next bytes depend on its reply */
-    bool auth_continuation; /* the next line answers a 334 */
-    bool back_dead;         /* upstream aborted on purpose; answer the rest ourselves */
-    bool counted;           /* counted in worker_connections */
-    bool lingering;         /* front shut down for writing; reading to drain */
-    bool closing_timed;     /* the SESSION_CLOSING deadline is running */
-    bool shutting_down;     /* closing because the process stops */
-    bool offer_starttls;    /* advertise STARTTLS to this client (decided at accept) */
-    bool wait_starttls;     /* STARTTLS queued: what follows it is never read as commands */
-    bool in_transaction;    /* MAIL sent and the message not yet finished or reset */
-    bool need_ehlo;         /* TLS just started: RFC 3207 section 4.2 */
+    bool wait_data_reply;    /* DATA forwarded: the next bytes depend on its reply */
+    bool auth_continuation;  /* the next line answers a 334 */
+    bool back_dead;          /* upstream aborted on purpose; answer the rest ourselves */
+    bool counted;            /* counted in worker_connections */
+    bool lingering;          /* front shut down for writing; reading to drain */
+    bool closing_timed;      /* the SESSION_CLOSING deadline is running */
+    bool front_close_notify; /* our close_notify is queued */
+    bool shutting_down;      /* closing because the process stops */
+    bool offer_starttls;     /* advertise STARTTLS to this client (decided at accept) */
+    bool wait_starttls;      /* STARTTLS queued: what follows it is never read as commands */
+    bool in_transaction;     /* MAIL sent and the message not yet finished or reset */
+    bool need_ehlo;          /* TLS just started: RFC 3207 section 4.2 */
     enum session_front_starttls front_starttls;
     uint64_t front_injected; /* bytes thrown away between STARTTLS and the handshake */
 
@@ -286,10 +287,12 @@ static void session_front_starttls_reply(struct session *s);
 static void session_front_starttls(struct session *s, const struct smtp_command *cmd);
 static void session_back_failed(struct session *s, const char *reason);
 static void session_back_negotiate(struct session *s, const char *line, size_t len, bool helo);
+static void session_back_remember(struct session *s, const char *reason);
 static void session_back_retry_greeted(struct session *s, int code);
 static void session_back_decide_policy(struct session *s, const char *line, size_t len);
 static void session_back_tls_input(struct session *s);
 static void session_back_eof(struct session *s, const char *reason);
+static void session_back_tls_broken(struct session *s);
 static void session_on_timeout(uv_timer_t *timer);
 
 static void session_format_addr(char *out, size_t out_size, const struct sockaddr *sa)
@@ -584,8 +587,18 @@ static void session_on_front_shutdown(uv_shutdown_t *req, int status)
  * input for a moment, so a client still sending reads our reply instead of a reset. */
 static void session_closing_progress(struct session *s)
 {
-    if (!s->front.open || s->front.writing || buf_len(&s->front.queue) > 0 || s->lingering) {
+    if (!s->front.open || s->front.writing || session_unsent(&s->front) > 0 || s->lingering) {
         return;
+    }
+    /* A TLS client learns from close_notify that it got everything (RFC 8446 6.1). */
+    if (s->front.tls_active && !s->front_close_notify) {
+        s->front_close_notify = true;
+        tlsio_shutdown(&s->front.tls);
+        session_take_tls_out(s, &s->front);
+        session_flush(s, &s->front);
+        if (!s->front.open || s->front.writing || buf_len(&s->front.queue) > 0) {
+            return; /* again from the write callback */
+        }
     }
     if (s->front.eof) {
         session_abort(s, s->end_reason);
@@ -842,6 +855,10 @@ static void session_back_failed(struct session *s, const char *reason)
         session_back_tls_fallback(s, reason, s->state == SESSION_BACK_HANDSHAKE);
         return;
     }
+    /* A TLS upstream lost mid-session: its next sessions go cleartext for a while. */
+    if (s->back.tls_active) {
+        session_back_remember(s, reason);
+    }
     log_warn(s->id, "upstream-lost", "upstream=%s reason=%s", s->back_addr, reason);
     session_finish(s, reason, "421 4.4.2", "Upstream connection lost, closing connection");
 }
@@ -1087,7 +1104,7 @@ static bool session_tls_pull(struct session *s, struct session_side *side)
                 if (front) {
                     session_abort(s, "client-tls-error");
                 } else {
-                    session_back_failed(s, "upstream-tls-error");
+                    session_back_tls_broken(s);
                 }
                 return false;
             }
@@ -1745,7 +1762,8 @@ static void session_back_tls_failure_reason(struct session *s, char *out, size_t
         snprintf(out, out_size, "tls-alert:%s", text);
         return;
     case TLSIO_FAILURE_VERIFY:
-        switch (tlsio_verify_result(t, NULL)) {
+        const char *verify_text;
+        switch (tlsio_verify_result(t, &verify_text)) {
         case TLSIO_VERIFY_HOST_MISMATCH:
             snprintf(out, out_size, "certificate-host-mismatch");
             return;
@@ -1801,6 +1819,22 @@ static void session_back_tls_input(struct session *s)
         session_back_send_probe(s);
     }
     session_enter(s, SESSION_BACK_EHLO);
+}
+
+/*
+ * session_back_tls_broken: the upstream's TLS failed after the handshake. Right after it
+ * (TLS 1.3 servers reject a client certificate only then), it counts as a handshake
+ * failure for the fallback ladder; later, the upstream connection is simply lost.
+ */
+static void session_back_tls_broken(struct session *s)
+{
+    char reason[sizeof(s->back_tls_reason)];
+    session_back_tls_failure_reason(s, reason, sizeof(reason));
+    if (s->state == SESSION_BACK_EHLO) {
+        session_back_tls_fallback(s, reason, true);
+        return;
+    }
+    session_back_failed(s, reason);
 }
 
 /* session_back_negotiation_reply acts on a complete reply in SESSION_BACK_EHLO or

@@ -751,6 +751,10 @@ const char *tlsio_cipher(const struct tlsio *t)
 
 enum tlsio_verify tlsio_verify_result(const struct tlsio *t, const char **out_text)
 {
+    const char *unused;
+    if (out_text == NULL) {
+        out_text = &unused;
+    }
     *out_text = "";
     if (!t->verify || t->ssl == NULL) {
         return TLSIO_VERIFY_NOT_CHECKED;

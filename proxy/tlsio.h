@@ -193,7 +193,8 @@ const char *tlsio_cipher(const struct tlsio *t);
  * tlsio_verify_result tells how the upstream's certificate fared (back leg, verify = ca):
  * a problem as soon as one was found (also when it failed the handshake), TLSIO_VERIFY_OK
  * once the handshake completed without one. Sets |*out_text| to BoringSSL's description
- * of the first problem ("Hostname mismatch"), or "" when there was none.
+ * of the first problem ("Hostname mismatch"), or "" when there was none; |out_text| may
+ * be NULL.
  */
 enum tlsio_verify tlsio_verify_result(const struct tlsio *t, const char **out_text);
 
