@@ -3,6 +3,7 @@
  * signals. The only place that may exit the process, and only during startup.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 #include <openssl/crypto.h>
 
 #include "conf.h"
+#include "health.h"
 #include "learn.h"
 #include "listener.h"
 #include "log.h"
@@ -27,9 +29,11 @@
 
 static void main_usage(FILE *out)
 {
-    fprintf(out, "usage: smtp-tls-proxy [-c FILE] [-t] [-V] [-h]\n"
+    fprintf(out, "usage: smtp-tls-proxy [-c FILE] [-t] [--health] [-V] [-h]\n"
                  "  -c FILE  configuration file (default " CONF_DEFAULT_PATH ")\n"
                  "  -t       check the configuration, print every error, and exit\n"
+                 "  --health open an SMTP session to the running proxy's first listen\n"
+                 "           address; exit 0 if it answers (a container HEALTHCHECK)\n"
                  "  -V       print the version of the proxy, libuv and BoringSSL, and exit\n"
                  "  -h       print this help and exit\n");
 }
@@ -187,9 +191,17 @@ int main(int argc, char **argv)
 {
     const char *path = CONF_DEFAULT_PATH;
     bool test_only = false;
+    bool health = false;
+    static const struct option long_options[] = {
+        {"health", no_argument, NULL, 'H'},
+        {NULL, 0, NULL, 0},
+    };
     int opt;
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tVh", long_options, NULL)) != -1) {
         switch (opt) {
+        case 'H':
+            health = true;
+            break;
         case 'c':
             path = optarg;
             break;
@@ -213,6 +225,15 @@ int main(int argc, char **argv)
     }
 
     struct conf *conf = main_load_conf(path);
+    if (health) {
+        char msg[HEALTH_MSG_MAX];
+        int rc = conf != NULL ? health_probe(conf, msg, sizeof(msg)) : -1;
+        if (conf != NULL) {
+            printf("%s: %s\n", rc == 0 ? "healthy" : "unhealthy", msg);
+        }
+        conf_free(conf);
+        return rc == 0 ? 0 : 1;
+    }
     struct worker_shared shared = {0};
     /* -t also loads the certificates: a key that does not match is a config error. */
     if (conf == NULL || main_check_supported(conf) != 0 ||
