@@ -57,6 +57,7 @@ enum session_state {
     SESSION_BACK_STARTTLS,  /* the upstream's reply to our STARTTLS */
     SESSION_BACK_HANDSHAKE, /* the TLS handshake with the upstream */
     SESSION_BACK_RECONNECT, /* the failed upstream connection closing; a new one follows */
+    SESSION_BACK_REPLAY,    /* replaying the envelope on a cleartext connection */
     SESSION_CLOSING,        /* flushing our last reply to the client, then closing */
 };
 
@@ -147,9 +148,14 @@ static const char *const session_starttls_names[] = {
 };
 
 struct session_pending {
-    uint8_t kind;  /* enum session_pending_kind */
-    uint8_t local; /* enum session_local_reply, for SESSION_PENDING_LOCAL */
+    uint8_t kind;     /* enum session_pending_kind */
+    uint8_t local;    /* enum session_local_reply, for SESSION_PENDING_LOCAL */
+    uint8_t recorded; /* its line is in the replay record */
 };
+
+/* The replay record: this transaction's lines since EHLO, RSET or the last message, each
+ * with the reply code the client saw (0: not answered yet). */
+#define SESSION_REPLAY_MAX (32 * 1024)
 
 /* One leg: its socket and the bytes in each direction. */
 struct session_side {
@@ -206,7 +212,8 @@ struct session {
     bool in_transaction;     /* MAIL sent and the message not yet finished or reset */
     bool need_ehlo;          /* TLS just started: RFC 3207 section 4.2 */
     enum session_front_starttls front_starttls;
-    uint64_t front_injected; /* bytes thrown away between STARTTLS and the handshake */
+    uint64_t front_injected;     /* bytes thrown away between STARTTLS and the handshake */
+    const char *front_tls_error; /* static, or tlsio's reason (lives as long as front.tls) */
 
     /* Leg 2: STARTTLS towards the upstream and the retries when it fails. */
     struct buf client_ehlo; /* the client's first EHLO/HELO line, replayed on retries */
@@ -222,6 +229,11 @@ struct session {
     bool back_cleartext;
     uint64_t back_bytes_at_220; /* to tell "closed right after 220" from a failed handshake */
     char back_tls_reason[80];   /* why leg 2 is in cleartext, or a verification note */
+    struct buf replay;          /* see SESSION_REPLAY_MAX */
+    size_t replay_at;           /* SESSION_BACK_REPLAY: the record replayed now, or SIZE_MAX
+                                   while our EHLO is */
+    bool replay_ok;             /* a TLS leg's transaction could be replayed in cleartext */
+    bool replaying;             /* the reconnect under way is for a replay */
     unsigned connect_attempts;
 
     struct session_pending pending[SESSION_PENDING_MAX];
@@ -260,6 +272,8 @@ static const char *session_state_name(enum session_state state)
         return "back-handshake";
     case SESSION_BACK_RECONNECT:
         return "back-reconnect";
+    case SESSION_BACK_REPLAY:
+        return "back-replay";
     case SESSION_CLOSING:
         return "closing";
     }
@@ -288,6 +302,11 @@ static void session_front_starttls(struct session *s, const struct smtp_command 
 static void session_back_failed(struct session *s, const char *reason);
 static void session_back_negotiate(struct session *s, const char *line, size_t len, bool helo);
 static void session_back_remember(struct session *s, const char *reason);
+static bool session_replay_possible(const struct session *s);
+static void session_replay_note(struct session *s, enum smtp_verb verb, const char *line,
+                                size_t len);
+static void session_replay_answered(struct session *s, int code);
+static void session_back_replay_line(struct session *s, const char *line, size_t len);
 static void session_back_retry_greeted(struct session *s, int code);
 static void session_back_decide_policy(struct session *s, const char *line, size_t len);
 static void session_back_tls_input(struct session *s);
@@ -325,7 +344,7 @@ static void session_free(struct session *s)
                  tlsio_version(&s->front.tls), tlsio_cipher(&s->front.tls));
     } else if (s->front_starttls == SESSION_STARTTLS_FAILED) {
         snprintf(front_tls, sizeof(front_tls), "front_tls=none front_tls_error=\"%s\"",
-                 tlsio_reason(&s->front.tls));
+                 s->front_tls_error);
     }
     char back_tls[sizeof(s->back_tls_reason) + 64];
     if (s->back.tls_active) {
@@ -359,6 +378,7 @@ static void session_free(struct session *s)
     buf_cleanup(&s->ehlo_reply);
     buf_cleanup(&s->client_ehlo);
     buf_cleanup(&s->saved_ehlo);
+    buf_cleanup(&s->replay);
     if (s->prev != NULL) {
         s->prev->next = s->next;
     } else {
@@ -678,7 +698,8 @@ static void session_update_reading(struct session *s)
     } else if (s->state == SESSION_FRONT_HANDSHAKE) {
         front_want = !s->front.eof && buf_len(&s->front.tls_raw) < SESSION_READ_SIZE;
     } else if (s->state == SESSION_BACK_GREETING || s->state == SESSION_BACK_EHLO ||
-               s->state == SESSION_BACK_STARTTLS || s->state == SESSION_BACK_HANDSHAKE) {
+               s->state == SESSION_BACK_STARTTLS || s->state == SESSION_BACK_HANDSHAKE ||
+               s->state == SESSION_BACK_REPLAY) {
         back_want = !s->back.eof && buf_len(&s->back.in) < SESSION_READ_SIZE &&
                     buf_len(&s->back.tls_raw) < SESSION_READ_SIZE &&
                     session_unsent(&s->front) < SESSION_HIGH_WATER;
@@ -724,6 +745,8 @@ static void session_arm_timer(struct session *s)
         break;
     case SESSION_BACK_RECONNECT:
         ms = c->timeouts.connect_ms;
+        break;
+    case SESSION_BACK_REPLAY:
         break;
     case SESSION_RELAY:
         if (session_front_in_body(s)) {
@@ -777,6 +800,7 @@ static void session_push(struct session *s, enum session_pending_kind kind,
     unsigned slot = (s->pending_head + s->n_pending) % SESSION_PENDING_MAX;
     s->pending[slot].kind = (uint8_t)kind;
     s->pending[slot].local = (uint8_t)local;
+    s->pending[slot].recorded = 0;
     s->n_pending++;
 }
 
@@ -858,6 +882,15 @@ static void session_back_failed(struct session *s, const char *reason)
     /* A TLS upstream lost mid-session: its next sessions go cleartext for a while. */
     if (s->back.tls_active) {
         session_back_remember(s, reason);
+        if (session_replay_possible(s)) {
+            log_warn(s->id, "back-tls-failed", "upstream=%s reason=\"%s\" action=replay-cleartext",
+                     s->back_addr, reason);
+            s->replaying = true;
+            s->back_cleartext = true;
+            session_enter(s, SESSION_BACK_RECONNECT);
+            session_side_close(s, &s->back, false); /* its close callback connects again */
+            return;
+        }
     }
     log_warn(s->id, "upstream-lost", "upstream=%s reason=%s", s->back_addr, reason);
     session_finish(s, reason, "421 4.4.2", "Upstream connection lost, closing connection");
@@ -993,6 +1026,7 @@ static void session_front_command(struct session *s, const char *line, size_t le
         session_forward_line(s, line, len, SESSION_PENDING_OTHER);
         break;
     }
+    session_replay_note(s, cmd.verb, line, len);
 }
 
 /* session_front_starttls answers STARTTLS (RFC 3207); it is never forwarded upstream. */
@@ -1056,6 +1090,7 @@ static void session_front_tls_begin(struct session *s)
 static void session_front_tls_failed(struct session *s, const char *reason)
 {
     s->front_starttls = SESSION_STARTTLS_FAILED;
+    s->front_tls_error = reason;
     log_warn(s->id, "front-tls-failed", "client=%s reason=\"%s\"", s->front_addr, reason);
     struct learn *learned = s->worker->shared->front_learned;
     const struct conf *c = s->conf;
@@ -1382,6 +1417,8 @@ static void session_reply_done(struct session *s, enum session_pending_kind kind
     case SESSION_PENDING_DATA_END:
     case SESSION_PENDING_BDAT_LAST:
         s->in_transaction = false;
+        buf_cleanup(&s->replay); /* the next transaction may be replayed again */
+        s->replay_ok = s->back.tls_active;
         if (code >= 200 && code < 300) {
             s->messages++;
         }
@@ -1469,6 +1506,9 @@ static void session_back_reply_line(struct session *s, const char *line, size_t 
     }
     if (!done) {
         return;
+    }
+    if (s->pending[s->pending_head].recorded) {
+        session_replay_answered(s, code);
     }
     session_pop(s);
     if (kind == SESSION_PENDING_EHLO) {
@@ -1617,6 +1657,7 @@ static void session_back_answer(struct session *s, struct buf *reply, int code)
     }
     buf_cleanup(&s->ehlo_reply);
     buf_cleanup(&s->saved_ehlo);
+    s->replay_ok = s->back.tls_active;
     session_send_ready_local_replies(s);
 }
 
@@ -1706,6 +1747,16 @@ static void session_back_retry_greeted(struct session *s, int code)
         log_warn(s->id, "upstream-refused-retry", "upstream=%s code=%d", s->back_addr, code);
         session_finish(s, "upstream-unreachable", "421 4.4.0",
                        "Upstream unavailable, try again later");
+        return;
+    }
+    if (s->replaying) {
+        if (s->client_helo) {
+            session_back_send_client_greeting(s);
+        } else {
+            session_back_send_probe(s);
+        }
+        s->replay_at = SIZE_MAX;
+        session_enter(s, SESSION_BACK_REPLAY);
         return;
     }
     if (s->back_cleartext) {
@@ -1922,10 +1973,180 @@ static void session_back_negotiation_line(struct session *s, const char *line, s
     }
 }
 
+/* ---- back: replaying a transaction after a TLS upstream broke ------------------------- */
+
+/* A record: 2 bytes of reply code, 2 bytes of length, then the line without CRLF. */
+static size_t session_replay_record(const struct session *s, size_t at, int *out_code,
+                                    const char **out_line, size_t *out_len)
+{
+    const unsigned char *p = (const unsigned char *)buf_head(&s->replay) + at;
+    *out_code = p[0] << 8 | p[1];
+    *out_len = (size_t)(p[2] << 8 | p[3]);
+    *out_line = (const char *)p + 4;
+    return at + 4 + *out_len;
+}
+
+/*
+ * session_replay_note keeps the record up to date as the client's commands go up on a TLS
+ * leg: what a fresh cleartext connection would need to reach the same point. Only plain
+ * envelope commands can be replayed; once DATA or BDAT went up, nothing can.
+ */
+static void session_replay_note(struct session *s, enum smtp_verb verb, const char *line,
+                                size_t len)
+{
+    if (!s->back.tls_active || s->state != SESSION_RELAY) {
+        return;
+    }
+    switch (verb) {
+    case SMTP_VERB_EHLO:
+    case SMTP_VERB_HELO:
+        buf_cleanup(&s->replay); /* its own reply is not replayable: wait for it */
+        s->replay_ok = false;
+        return;
+    case SMTP_VERB_RSET:
+        buf_cleanup(&s->replay);
+        s->replay_ok = true;
+        break;
+    case SMTP_VERB_MAIL:
+    case SMTP_VERB_RCPT:
+    case SMTP_VERB_NOOP:
+        break;
+    default: /* DATA, BDAT, AUTH, VRFY...: not safe to send twice */
+        s->replay_ok = false;
+        return;
+    }
+    unsigned char head[4] = {0, 0, (unsigned char)(len >> 8), (unsigned char)len};
+    if (!s->replay_ok || len > 0xffff ||
+        buf_append(&s->replay, head, sizeof(head), SESSION_REPLAY_MAX) != 0 ||
+        buf_append(&s->replay, line, len, SESSION_REPLAY_MAX) != 0) {
+        s->replay_ok = false;
+        return;
+    }
+    unsigned last = (s->pending_head + s->n_pending - 1) % SESSION_PENDING_MAX;
+    s->pending[last].recorded = 1;
+}
+
+/* session_replay_answered stores the code of the reply the client got for a recorded
+ * line: the first record still without one. */
+static void session_replay_answered(struct session *s, int code)
+{
+    for (size_t at = 0; at < buf_len(&s->replay);) {
+        int seen;
+        const char *line;
+        size_t len;
+        size_t next = session_replay_record(s, at, &seen, &line, &len);
+        if (seen == 0) {
+            unsigned char *p = (unsigned char *)buf_head(&s->replay) + at;
+            p[0] = (unsigned char)(code >> 8);
+            p[1] = (unsigned char)code;
+            return;
+        }
+        at = next;
+    }
+}
+
+/* session_replay_possible: every command awaiting a reply is in the record, and nothing
+ * went up that cannot be sent twice. */
+static bool session_replay_possible(const struct session *s)
+{
+    if (!s->replay_ok || s->back_policy != CONF_BACK_STARTTLS_MAY || !s->conf->back_tls.fallback ||
+        s->state != SESSION_RELAY || session_mid_message(s)) {
+        return false;
+    }
+    for (unsigned i = 0; i < s->n_pending; i++) {
+        const struct session_pending *p = &s->pending[(s->pending_head + i) % SESSION_PENDING_MAX];
+        if (p->kind != SESSION_PENDING_LOCAL && !p->recorded) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void session_replay_failed(struct session *s, const char *why)
+{
+    log_warn(s->id, "back-replay-failed", "upstream=%s reason=\"%s\"", s->back_addr, why);
+    session_finish(s, "upstream-replay-failed", "421 4.4.2",
+                   "Upstream connection lost, closing connection");
+}
+
+/* session_replay_send_from sends the record at |at|; from the first one the client has
+ * not seen answered, it sends all the rest and relaying goes on: their replies are the
+ * client's. */
+static void session_replay_send_from(struct session *s, size_t at)
+{
+    if (at < buf_len(&s->replay)) {
+        int seen;
+        const char *line;
+        size_t len;
+        size_t next = session_replay_record(s, at, &seen, &line, &len);
+        if (seen != 0) {
+            session_back_send(s, line, len);
+            session_back_send(s, "\r\n", 2);
+            s->replay_at = at;
+            return;
+        }
+        for (; at < buf_len(&s->replay); at = next) {
+            next = session_replay_record(s, at, &seen, &line, &len);
+            session_back_send(s, line, len);
+            session_back_send(s, "\r\n", 2);
+        }
+    }
+    log_info(s->id, "back-replayed", "upstream=%s", s->back_addr);
+    s->replaying = false;
+    session_enter(s, SESSION_RELAY);
+}
+
+/* session_back_replay_line checks one reply line on the replay connection. */
+static void session_back_replay_line(struct session *s, const char *line, size_t len)
+{
+    int code = 0;
+    bool done = false;
+    if (smtp_reply_parse_line(&s->reply_parser, &code, &done, line, len) != SMTP_OK) {
+        session_replay_failed(s, "protocol-error");
+        return;
+    }
+    if (s->replay_at == SIZE_MAX &&
+        (buf_append(&s->ehlo_reply, line, len, SMTP_EHLO_REPLY_MAX) != 0 ||
+         buf_append(&s->ehlo_reply, "\r\n", 2, SMTP_EHLO_REPLY_MAX) != 0)) {
+        session_replay_failed(s, "ehlo-reply-too-long");
+        return;
+    }
+    if (!done) {
+        return;
+    }
+    if (s->replay_at == SIZE_MAX) {
+        unsigned caps = 0;
+        if (code < 200 || code >= 300 ||
+            (!s->client_helo &&
+             smtp_ehlo_caps(&caps, buf_head(&s->ehlo_reply), buf_len(&s->ehlo_reply)) != SMTP_OK)) {
+            buf_cleanup(&s->ehlo_reply);
+            session_replay_failed(s, "ehlo-refused");
+            return;
+        }
+        buf_cleanup(&s->ehlo_reply);
+        s->back_caps = caps;
+        session_replay_send_from(s, 0);
+        return;
+    }
+    int seen;
+    const char *record;
+    size_t record_len;
+    size_t next = session_replay_record(s, s->replay_at, &seen, &record, &record_len);
+    /* The client acted on the first answer: the new one must agree with it. */
+    if (code / 100 != seen / 100) {
+        char why[48];
+        snprintf(why, sizeof(why), "reply-%d-where-client-saw-%d", code, seen);
+        session_replay_failed(s, why);
+        return;
+    }
+    session_replay_send_from(s, next);
+}
+
 static bool session_back_reads_lines(const struct session *s)
 {
     return s->state == SESSION_BACK_GREETING || s->state == SESSION_RELAY ||
-           s->state == SESSION_BACK_EHLO || s->state == SESSION_BACK_STARTTLS;
+           s->state == SESSION_BACK_EHLO || s->state == SESSION_BACK_STARTTLS ||
+           s->state == SESSION_BACK_REPLAY;
 }
 
 static void session_back_process(struct session *s)
@@ -1956,6 +2177,9 @@ static void session_back_process(struct session *s)
             break;
         case SESSION_RELAY:
             session_back_reply_line(s, data, line_len);
+            break;
+        case SESSION_BACK_REPLAY:
+            session_back_replay_line(s, data, line_len);
             break;
         default:
             session_back_negotiation_line(s, data, line_len);
@@ -1997,6 +2221,7 @@ static void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_bu
     case SESSION_BACK_GREETING:
     case SESSION_BACK_EHLO:
     case SESSION_BACK_STARTTLS:
+    case SESSION_BACK_REPLAY:
     case SESSION_RELAY:
         session_back_process(s);
         if (s->state == SESSION_BACK_HANDSHAKE || !s->back.open) {
@@ -2254,6 +2479,11 @@ static void session_on_timeout(uv_timer_t *timer)
         break;
     case SESSION_BACK_RECONNECT:
         break; /* the close callback comes at once */
+    case SESSION_BACK_REPLAY:
+        log_warn(s->id, "upstream-timeout", "upstream=%s phase=replay", s->back_addr);
+        session_finish(s, "upstream-timeout", "421 4.4.2",
+                       "Upstream did not answer, closing connection");
+        break;
     case SESSION_CLOSING:
         session_abort(s, s->end_reason);
         return;
@@ -2287,6 +2517,7 @@ static struct session *session_new(struct worker *w)
     buf_init(&s->ehlo_reply);
     buf_init(&s->client_ehlo);
     buf_init(&s->saved_ehlo);
+    buf_init(&s->replay);
     buf_init(&s->front.tls_raw);
     buf_init(&s->front.tls_plain);
     buf_init(&s->back.tls_raw);
