@@ -246,16 +246,19 @@ int health_probe(const struct conf *conf, char *out_msg, size_t out_msg_len)
         char here[sizeof(where)];
         health_format_addr(here, sizeof(here), &sa);
         int try_rc = health_connect(&p, &sa, sa_len);
-        if (i == 0 || try_rc == 0) {
-            /* Report the first address's failure, unless another one answers. */
+        bool unreachable = try_rc != 0 && health_unreachable_here(-try_rc);
+        /* Report the first address, unless a later one got further than "unreachable". */
+        if (i == 0 || !unreachable) {
             rc = try_rc;
             memcpy(where, here, sizeof(where));
         }
-        if (try_rc == 0 || !health_unreachable_here(-try_rc)) {
+        if (!unreachable) {
             break;
         }
-        close(p.fd);
-        p.fd = -1;
+        if (p.fd != -1) {
+            close(p.fd);
+            p.fd = -1;
+        }
     }
     if (rc != 0) {
         if (rc == -ETIMEDOUT) {
