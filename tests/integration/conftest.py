@@ -45,6 +45,45 @@ def tls_files(tmp_path_factory):
     return harness.make_self_signed(str(tmp_path_factory.mktemp("tls")))
 
 
+@pytest.fixture(scope="session")
+def front_certs(tmp_path_factory):
+    """Certificates for the proxy's leg 1, made once: {"ec": (cert, key), "rsa": (...)}.
+
+    Self-signed by the openssl CLI, CN and subjectAltName "ec.proxy.test" (ECDSA P-256)
+    and "rsa.proxy.test" (RSA 2048)."""
+    d = str(tmp_path_factory.mktemp("front-certs"))
+    return {"ec": harness.make_cert(d, "ec.proxy.test", "ec"),
+            "rsa": harness.make_cert(d, "rsa.proxy.test", "rsa")}
+
+
+@pytest.fixture
+def make_cert(tmp_path):
+    """make_cert(name, kind="ec"|"rsa", stem=None) -> (cert, key) in this test's tmp dir."""
+    d = tmp_path / "certs"
+    d.mkdir(exist_ok=True)
+
+    def make(name, kind="ec", stem=None):
+        return harness.make_cert(str(d), name, kind, stem=stem)
+
+    return make
+
+
+@pytest.fixture
+def sclient(make_proxy):
+    """sclient(port, **kwargs) -> harness.SClient (openssl s_client), killed at teardown
+    (before the proxy is stopped)."""
+    started = []
+
+    def make(port, **kwargs):
+        c = harness.SClient(port, **kwargs)
+        started.append(c)
+        return c
+
+    yield make
+    for c in started:
+        c.kill()
+
+
 @pytest.fixture
 def make_aio_upstream(tls_files):
     """make_aio_upstream(starttls=False, host="127.0.0.1") -> started harness.AioUpstream."""
@@ -124,14 +163,16 @@ def make_proxy(proxy_bin, tmp_path):
 
 @pytest.fixture
 def connect(make_proxy):
-    """connect(port, host="127.0.0.1") -> harness.SmtpConn, closed at teardown.
+    """connect(port, host="127.0.0.1", source=None) -> harness.SmtpConn, closed at teardown.
+
+    |source|: the client's own address (e.g. "127.0.0.2"), for per-address behaviour.
 
     Depends on make_proxy so that clients close before the proxy is stopped.
     """
     conns = []
 
-    def make(port, host="127.0.0.1", timeout=10.0):
-        c = harness.SmtpConn(host, port, timeout=timeout)
+    def make(port, host="127.0.0.1", timeout=10.0, source=None):
+        c = harness.SmtpConn(host, port, timeout=timeout, source=source)
         conns.append(c)
         return c
 

@@ -8,7 +8,10 @@ Pieces:
                      message (envelope + raw dot-unstuffed bytes), connections, STARTTLS
   FakeUpstream       a scriptable SMTP server (threads) recording the raw bytes it
                      receives, for failure modes no real server produces on demand
-  SmtpConn           a raw SMTP client over a socket, for byte-exact cases
+  SmtpConn           a raw SMTP client over a socket, for byte-exact cases; it can bind a
+                     source address, and do STARTTLS with python's ssl (start_tls)
+  SClient            `openssl s_client -starttls smtp` driven line by line
+  make_cert          self-signed ECDSA P-256 / RSA 2048 certificates from the openssl CLI
 
 Everything waits for events with a deadline (poll); nothing sleeps to synchronise.
 Run the suite with Debian's /usr/bin/python3 (it has python3-aiosmtpd and python3-pytest).
@@ -116,6 +119,7 @@ def merge_sections(base, extra):
 
 
 SESSION_RE = re.compile(r"\b([0-9a-f]{16}) session (.*)$")
+EVENT_RE = re.compile(r"^(?:([0-9a-f]{16}) )?([a-z][a-z0-9-]*)(?: (.*))?$")
 KV_RE = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
 
 
@@ -230,6 +234,46 @@ class Proxy:
                 fields["_line"] = line
                 out.append(fields)
         return out
+
+    def events(self, event):
+        """Text-format lines of one event ("[<id> ]<event> key=value..."): parsed dicts
+        (the pairs, plus "_line")."""
+        out = []
+        for line in self.stderr().splitlines():
+            m = EVENT_RE.match(line)
+            if m and m.group(2) == event:
+                fields = parse_kv(m.group(3) or "")
+                fields["_line"] = line
+                out.append(fields)
+        return out
+
+    def wait_event(self, event, timeout=10.0, **match):
+        """Waits for a text-format |event| line whose fields include |match|.
+
+        A value in |match| may be a compiled regular expression (fullmatch)."""
+
+        def ok(fields):
+            for k, v in match.items():
+                if k not in fields:
+                    return False
+                if hasattr(v, "fullmatch"):
+                    if not v.fullmatch(fields[k]):
+                        return False
+                elif fields[k] != str(v):
+                    return False
+            return True
+
+        def find():
+            for fields in self.events(event):
+                if ok(fields):
+                    return fields
+            return None
+
+        try:
+            return wait_for(find, timeout, what=f"log event {event} with {match}")
+        except AssertionError:
+            raise AssertionError(f"no {event} line with {match}; stderr:\n"
+                                 f"{self.stderr()[-4000:]}") from None
 
     def json_events(self, event=None):
         out = []
@@ -434,6 +478,267 @@ def make_self_signed(directory):
 
 
 # --------------------------------------------------------------------------------------
+# TLS for leg 1: certificates made with the openssl CLI, client contexts, s_client
+# --------------------------------------------------------------------------------------
+
+def make_cert(directory, name, kind="ec", stem=None, days=2):
+    """A self-signed certificate made with the openssl CLI: |kind| "ec" (P-256) or "rsa"
+    (2048 bits), subject /CN=|name|, subjectAltName DNS:|name|.
+
+    Returns (cert_path, key_path), both PEM, in |directory| (named after |stem|, default
+    "|name|-|kind|").
+    """
+    stem = stem or f"{name}-{kind}"
+    cert = os.path.join(directory, f"{stem}.crt.pem")
+    key = os.path.join(directory, f"{stem}.key.pem")
+    if kind == "ec":
+        newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    elif kind == "rsa":
+        newkey = ["-newkey", "rsa:2048"]
+    else:
+        raise ValueError(kind)
+    subprocess.run(["openssl", "req", "-x509", *newkey, "-nodes", "-days", str(days),
+                    "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                    "-keyout", key, "-out", cert],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return cert, key
+
+
+def make_cert_chain(directory, name):
+    """A root CA, an intermediate CA and a leaf for |name| (all ECDSA P-256, openssl CLI).
+
+    Returns (chain_path, key_path, root_path): chain_path holds the leaf then the
+    intermediate (what a server must send); a client trusting root_path only can verify
+    the leaf just when the intermediate is sent too.
+    """
+    def run(*args, stdin=None):
+        subprocess.run(["openssl", *args], check=True, input=stdin, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+
+    def path(stem):
+        return os.path.join(directory, f"{name}-{stem}")
+
+    def ext_file(stem, text):
+        with open(path(stem), "w") as f:
+            f.write(text)
+        return path(stem)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ca_ext = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+    run("req", "-x509", *ec, "-days", "2", "-subj", "/CN=Test Root " + name,
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout", path("root.key"), "-out", path("root.pem"))
+    run("req", "-new", *ec, "-subj", "/CN=Test Intermediate " + name,
+        "-keyout", path("int.key"), "-out", path("int.csr"))
+    run("x509", "-req", "-in", path("int.csr"), "-CA", path("root.pem"),
+        "-CAkey", path("root.key"), "-set_serial", "2", "-days", "2",
+        "-extfile", ext_file("int.ext", ca_ext), "-out", path("int.pem"))
+    run("req", "-new", *ec, "-subj", "/CN=" + name,
+        "-keyout", path("leaf.key"), "-out", path("leaf.csr"))
+    leaf_ext = (f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", path("leaf.csr"), "-CA", path("int.pem"),
+        "-CAkey", path("int.key"), "-set_serial", "3", "-days", "2",
+        "-extfile", ext_file("leaf.ext", leaf_ext), "-out", path("leaf.pem"))
+    with open(path("chain.pem"), "wb") as out:
+        for stem in ("leaf.pem", "int.pem"):
+            with open(path(stem), "rb") as f:
+                out.write(f.read())
+    return path("chain.pem"), path("leaf.key"), path("root.pem")
+
+
+def cert_der(path):
+    """The DER bytes of the first certificate in PEM file |path|."""
+    with open(path) as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def describe_der(der):
+    """`openssl x509 -text` of a DER certificate (subject, SAN, key type...)."""
+    p = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-text"], input=der,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    return p.stdout.decode("utf-8", "replace")
+
+
+def tls_client_context(minimum=None, maximum=None, ciphers=None, verify=False,
+                       seclevel0=False, strict_eof=False):
+    """An ssl.SSLContext for a client of the proxy's leg 1.
+
+    |minimum|/|maximum| are ssl.TLSVersion values (Debian's OpenSSL defaults to TLS 1.2 at
+    least, so TLS 1.0/1.1 need |minimum| and |seclevel0|). |ciphers| is an OpenSSL cipher
+    string for TLS 1.2 and older. |verify|: verify the server against the system CAs (the
+    proxy's certificates are self-signed, so the handshake then fails with an alert).
+    |strict_eof|: a close without close_notify is an error (python sets
+    OP_IGNORE_UNEXPECTED_EOF by default; use with start_tls(suppress_ragged_eofs=False)).
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if strict_eof:
+        ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    if verify:
+        ctx.load_default_certs()
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if minimum is not None:
+        ctx.minimum_version = minimum
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    cipher_string = ciphers or "DEFAULT"
+    if seclevel0:
+        cipher_string += ":@SECLEVEL=0"
+    if ciphers or seclevel0:
+        ctx.set_ciphers(cipher_string)
+    return ctx
+
+
+def client_tls_extra(pairs=(), **keys):
+    """The extra config for a proxy offering STARTTLS on leg 1: [client_tls] starttls = offer,
+    certificate/key from |pairs| [(cert, key), ...] (none: the self-signed default), then
+    |keys| (e.g. learn_ttl="2s")."""
+    section = {"starttls": "offer"}
+    if pairs:
+        section["certificate"] = ", ".join(str(c) for c, _ in pairs)
+        section["key"] = ", ".join(str(k) for _, k in pairs)
+    section.update(keys)
+    return {"client_tls": section}
+
+
+def starttls_lines(reply):
+    """The capability lines of an EHLO reply that advertise STARTTLS."""
+    return [line for line in reply.lines[1:] if line.split(" ")[0].upper() == "STARTTLS"]
+
+
+class SClient:
+    """`openssl s_client -starttls smtp` driven through pipes, one line at a time.
+
+    s_client reads the greeting, sends EHLO |name| and STARTTLS, then does the handshake;
+    after that, lines written with send_line() go to the server (LF becomes CRLF, -crlf)
+    and the server's replies are read with reply(). -brief writes the handshake summary
+    ("Protocol version: TLSv1.3", "Peer certificate: CN = x") to stderr.
+    """
+
+    def __init__(self, port, host="127.0.0.1", name="client.test", source=None, args=()):
+        cmd = ["openssl", "s_client", "-connect", fmt_addr(host, port), "-starttls", "smtp",
+               "-name", name, "-crlf", "-ign_eof", "-nocommands", "-brief"]
+        if source is not None:
+            cmd += ["-bind", fmt_addr(source, 0)]
+        cmd += list(args)
+        self.argv = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.buf = b""
+        self.eof = False
+        self._out = bytearray()
+        self._err = bytearray()
+        self._cond = threading.Condition()
+        self._done = {"out": False, "err": False}
+        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, "out"),
+                                          daemon=True),
+                         threading.Thread(target=self._pump, args=(self.proc.stderr, "err"),
+                                          daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, pipe, which):
+        target = self._out if which == "out" else self._err
+        while True:
+            chunk = os.read(pipe.fileno(), 65536)
+            with self._cond:
+                if not chunk:
+                    self._done[which] = True
+                    self._cond.notify_all()
+                    return
+                target.extend(chunk)
+                self._cond.notify_all()
+
+    def stderr(self):
+        with self._cond:
+            return bytes(self._err).decode("utf-8", "replace")
+
+    def stdout(self):
+        with self._cond:
+            return bytes(self._out).decode("utf-8", "replace")
+
+    def wait_established(self, timeout=10.0):
+        """Waits for the handshake; returns {"Protocol version": ..., ...} from -brief.
+
+        Raises AssertionError when s_client exits first (a failed handshake)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while b"CONNECTION ESTABLISHED" not in self._err:
+                if self._done["err"]:
+                    raise AssertionError(f"s_client ended without a handshake: {self.argv}\n"
+                                         f"stderr:\n{bytes(self._err).decode(errors='replace')}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"s_client: no handshake within {timeout}s")
+                self._cond.wait(remaining)
+            # The summary follows the marker; wait for its last line too.
+            while (b"Server Temp Key" not in self._err and b"Verification" not in self._err
+                   and not self._done["err"]):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        return self.summary()
+
+    def summary(self):
+        info = {}
+        for line in self.stderr().splitlines():
+            if ": " in line:
+                key, value = line.split(": ", 1)
+                info.setdefault(key.strip(), value.strip())
+        return info
+
+    def send_line(self, line):
+        if isinstance(line, str):
+            line = line.encode()
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+
+    def _fill(self, deadline):
+        with self._cond:
+            while len(self._out) == 0:
+                if self._done["out"]:
+                    self.eof = True
+                    raise Closed(f"s_client output ended; buffered {self.buf!r}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no complete reply in time; buffered {self.buf!r}")
+                self._cond.wait(remaining)
+            self.buf += bytes(self._out)
+            del self._out[:]
+
+    def cmd(self, line, timeout=10.0):
+        self.send_line(line)
+        return self.reply(timeout)
+
+    def finish(self, timeout=10.0):
+        """Closes s_client's stdin and waits for it to exit; returns its exit status."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"s_client did not exit within {timeout}s") from None
+        finally:
+            for t in self._threads:
+                t.join(5)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for t in self._threads:
+            t.join(5)
+
+
+# --------------------------------------------------------------------------------------
 # A raw SMTP client
 # --------------------------------------------------------------------------------------
 
@@ -470,12 +775,17 @@ REPLY_LINE_RE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.S)
 class SmtpConn:
     """A raw SMTP client: exact bytes out, replies parsed strictly."""
 
-    def __init__(self, host, port, timeout=10.0, family=None):
+    def __init__(self, host, port, timeout=10.0, family=None, source=None):
         if family is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        if source is not None:
+            # A client address of our choice, e.g. 127.0.0.2 (Linux routes all of 127/8
+            # to loopback).
+            self.sock.bind((source, 0))
         self.sock.connect((host, port))
+        self.tls = False
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.local_port = self.sock.getsockname()[1]
         self.buf = b""
@@ -572,6 +882,89 @@ class SmtpConn:
         assert r.code == 250, r
         return r
 
+    # --- TLS (leg 1) ----------------------------------------------------------------------
+
+    def start_tls(self, context=None, timeout=10.0, server_hostname=None,
+                  suppress_ragged_eofs=True):
+        """The TLS handshake on this connection (after a 220 to STARTTLS).
+
+        Nothing may be buffered: bytes that came before the handshake would be cleartext
+        the server sent after its 220. |server_hostname| is needed by a verifying context.
+        With |suppress_ragged_eofs| False, a close without close_notify raises
+        ssl.SSLEOFError instead of reading as EOF.
+        """
+        assert not self.buf, f"bytes after the 220, before the handshake: {self.buf!r}"
+        if context is None:
+            context = tls_client_context()
+        self.sock.settimeout(timeout)
+        self.sock = context.wrap_socket(self.sock, server_side=False,
+                                        do_handshake_on_connect=False,
+                                        server_hostname=server_hostname,
+                                        suppress_ragged_eofs=suppress_ragged_eofs)
+        self.sock.do_handshake()
+        self.tls = True
+        return self
+
+    def starttls(self, context=None, timeout=10.0):
+        """STARTTLS, expecting "220 2.0.0", then the handshake. Returns the 220 reply."""
+        r = self.cmd("STARTTLS", timeout)
+        assert r.startswith("220 2.0.0"), r
+        self.start_tls(context, timeout)
+        return r
+
+    def tls_version(self):
+        return self.sock.version()
+
+    def cipher_name(self):
+        return self.sock.cipher()[0]
+
+    def peer_der(self):
+        return self.sock.getpeercert(binary_form=True)
+
+    def expect_silence(self, seconds=1.0):
+        """Asserts that nothing arrives (and the connection stays open) for |seconds|."""
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                raise AssertionError(f"connection closed; expected silence (buffered "
+                                     f"{self.buf!r})")
+            self.received += len(chunk)
+            self.buf += chunk
+        assert not self.buf, f"unexpected bytes: {self.buf!r}"
+
+    def wait_eof(self, timeout=10.0):
+        """Waits until the peer closes (EOF, reset or a TLS error); returns the bytes that
+        arrived first (e.g. a TLS alert). Works on the raw socket or the TLS one."""
+        deadline = time.monotonic() + timeout
+        got = b""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"connection not closed within {timeout}s; got {got!r}")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except (ConnectionResetError, ssl.SSLError):
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                self.close()
+                return got
+            got += chunk
+
     def close(self):
         try:
             self.sock.close()
@@ -591,6 +984,12 @@ class SmtpConn:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# s_client's replies are parsed the same way.
+SClient._line = SmtpConn._line
+SClient.reply = SmtpConn.reply
+SClient.replies = SmtpConn.replies
 
 
 # --------------------------------------------------------------------------------------
@@ -647,13 +1046,14 @@ class FakeUpstream:
                      receivers exploited by SMTP smuggling; whatever follows is read as
                      commands
       ehlo_reply     replace the whole EHLO reply with these bytes
+      reply_gates    {b"NOOP": threading.Event()}: the reply to that verb waits for the event
     """
 
     def __init__(self, greeting=b"220 fake.test ESMTP fake\r\n",
                  caps=("PIPELINING", "8BITMIME"), rcpt_reject=(), data_end_reply=None,
                  die_after_body_bytes=None, die="close", die_at_data_end=False,
                  lenient_eod=False, data_gate=None, data_sink=False, ehlo_reply=None,
-                 host="127.0.0.1"):
+                 host="127.0.0.1", reply_gates=None):
         self.greeting = greeting
         self.caps = list(caps)
         self.rcpt_reject = set(rcpt_reject)
@@ -665,6 +1065,7 @@ class FakeUpstream:
         self.data_sink = data_sink
         self.lenient_eod = lenient_eod
         self.ehlo_reply = ehlo_reply
+        self.reply_gates = dict(reply_gates or {})
         self.host = host
         self.connections = []
         self._lock = threading.Lock()
@@ -797,6 +1198,11 @@ class FakeUpstream:
         state["n"] += 1
         n = state["n"]
         verb = line.split(b" ", 1)[0].upper()
+        gate = self.reply_gates.get(verb)
+        if gate is not None:
+            while not gate.wait(0.1):
+                if self._stop.is_set():
+                    raise _PeerGone()
         if verb == b"EHLO":
             if self.ehlo_reply is not None:
                 self._send(conn, self.ehlo_reply)
