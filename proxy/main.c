@@ -295,9 +295,12 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < conf->n_listen; i++) {
             fds[w][i] = listener_bind(&conf->listen[i]);
             if (fds[w][i] < 0) {
-                log_fatal("%s: listen: cannot listen on %s:%u: %s", conf->path,
+                log_fatal("%s: listen: cannot listen on %s:%u: %s%s", conf->path,
                           conf->listen[i].host, (unsigned)conf->listen[i].port,
-                          strerror(-fds[w][i]));
+                          strerror(-fds[w][i]),
+                          -fds[w][i] == EACCES && conf->listen[i].port < 1024
+                              ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+                              : "");
                 return 1;
             }
         }

@@ -191,3 +191,15 @@ def relay(aio_upstream, make_proxy):
         port = proxy.port
 
     return Relay
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A file whose every test skipped ends with 77, ctest's SKIP_RETURN_CODE, so ctest
+    reports it as skipped instead of passed."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or exitstatus != 0:
+        return
+    stats = reporter.stats
+    ran = sum(len(stats.get(k, [])) for k in ("passed", "failed", "error", "xfailed", "xpassed"))
+    if ran == 0 and stats.get("skipped"):
+        session.exitstatus = 77
