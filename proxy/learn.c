@@ -198,7 +198,8 @@ static bool learn_add_locked(struct learn *l, const uint8_t addr[16], uint64_t n
     if (l->n_buckets == 0 || (e = calloc(1, sizeof(*e))) == NULL) {
         return false;
     }
-    if (l->n_entries >= l->max_entries) {
+    /* A loop: the limit may have been lowered by learn_configure(). */
+    while (l->n_entries >= l->max_entries) {
         learn_remove(l, l->oldest);
         l->n_evictions++;
     }
@@ -246,6 +247,14 @@ size_t learn_count(struct learn *l)
     size_t n = l->n_entries;
     pthread_mutex_unlock(&l->mu);
     return n;
+}
+
+void learn_configure(struct learn *l, size_t max_entries, uint64_t ttl_ms)
+{
+    pthread_mutex_lock(&l->mu);
+    l->max_entries = max_entries;
+    l->ttl_ms = ttl_ms;
+    pthread_mutex_unlock(&l->mu);
 }
 
 uint64_t learn_evictions(struct learn *l)

@@ -34,6 +34,10 @@ bool learn_add(struct learn *l, const struct sockaddr *sa, uint64_t now_ms);
  * entries it meets are dropped. */
 bool learn_contains(struct learn *l, const struct sockaddr *sa, uint64_t now_ms);
 
+/* learn_configure changes the limits (a reloaded configuration). Entries are kept; the
+ * new TTL applies to them too, and a lower maximum takes effect at the next add. */
+void learn_configure(struct learn *l, size_t max_entries, uint64_t ttl_ms);
+
 /* learn_count returns how many entries are held (expired ones not yet dropped included). */
 size_t learn_count(struct learn *l);
 

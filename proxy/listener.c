@@ -1,13 +1,15 @@
 /*
  * listener: listening sockets, one per worker and address, spread by SO_REUSEPORT.
  *
- * Sockets are made by hand (libuv 1.44 has no SO_REUSEPORT flag) in the main thread at
- * startup, so a bind failure stops the process before anything runs.
+ * Sockets are made by hand (libuv 1.44 has no SO_REUSEPORT flag) in the main thread, so a
+ * bind failure is reported before anything runs or, on reload, before anything changes.
  */
 #include "listener.h"
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,7 +22,7 @@
 /* Accept queue length; the kernel caps it at net.core.somaxconn. */
 #define LISTENER_BACKLOG 1024
 
-int listener_bind(const struct conf_addr *addr)
+int listener_bind(const struct conf_addr *addr, bool transparent)
 {
     int family = addr->sa.ss_family;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -34,6 +36,12 @@ int listener_bind(const struct conf_addr *addr)
     }
     /* "0.0.0.0:25, [::]:25" must be two sockets, not a conflict. */
     if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) == -1) {
+        goto fail;
+    }
+    /* TPROXY delivers connections for addresses that are not ours. */
+    if (transparent &&
+        setsockopt(fd, family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
+                   family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &on, sizeof(on)) == -1) {
         goto fail;
     }
     if (bind(fd, (const struct sockaddr *)&addr->sa, addr->sa_len) == -1 ||
@@ -51,39 +59,50 @@ static void listener_on_connection(uv_stream_t *server, int status)
 {
     struct listener *l = server->data;
     if (status < 0) {
-        log_warn(0, "accept-failed", "listen=%s:%u error=\"%s\"", l->addr->host,
-                 (unsigned)l->addr->port, uv_strerror(status));
+        log_warn(0, "accept-failed", "listen=%s:%u error=\"%s\"", l->addr.host,
+                 (unsigned)l->addr.port, uv_strerror(status));
         return;
     }
     session_accept(l->worker, server);
 }
 
-int listener_start(struct listener *l, struct worker *w, const struct conf_addr *addr, int fd)
+static void listener_on_closed(uv_handle_t *handle)
 {
-    l->worker = w;
-    l->addr = addr;
-    l->open = false;
-    int rc = uv_tcp_init(&w->loop, &l->tcp);
-    if (rc != 0) {
+    free(handle->data);
+}
+
+struct listener *listener_start(struct worker *w, const struct conf_addr *addr, int fd)
+{
+    struct listener *l = malloc(sizeof(*l));
+    if (l == NULL || uv_tcp_init(&w->loop, &l->tcp) != 0) {
+        free(l);
         close(fd);
-        return rc;
+        return NULL;
     }
+    l->worker = w;
+    l->addr = *addr;
     l->tcp.data = l;
-    l->open = true;
-    rc = uv_tcp_open(&l->tcp, fd);
-    if (rc == 0) {
+    int rc = uv_tcp_open(&l->tcp, fd);
+    if (rc != 0) {
+        close(fd); /* not adopted */
+    } else {
         rc = uv_listen((uv_stream_t *)&l->tcp, LISTENER_BACKLOG, listener_on_connection);
     }
     if (rc != 0) {
+        log_error(0, "listen-failed", "listen=%s:%u error=\"%s\"", addr->host, (unsigned)addr->port,
+                  uv_strerror(rc));
         listener_stop(l);
+        return NULL;
     }
-    return rc;
+    return l;
 }
 
 void listener_stop(struct listener *l)
 {
-    if (l->open) {
-        l->open = false;
-        uv_close((uv_handle_t *)&l->tcp, NULL);
-    }
+    uv_close((uv_handle_t *)&l->tcp, listener_on_closed);
+}
+
+bool listener_same_addr(const struct conf_addr *a, const struct conf_addr *b)
+{
+    return a->sa_len == b->sa_len && memcmp(&a->sa, &b->sa, a->sa_len) == 0;
 }

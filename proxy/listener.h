@@ -1,8 +1,8 @@
 /*
  * listener: listening sockets. listener_bind() makes one SO_REUSEPORT socket per worker
- * and address at startup (so errors are reported before anything runs); each worker then
- * adopts its sockets with listener_start() and hands every accepted connection to
- * session_accept().
+ * and address in the main thread (at startup, and for addresses a reload adds), so errors
+ * are reported before anything changes; each worker adopts its sockets with
+ * listener_start() and hands every accepted connection to session_accept().
  */
 #ifndef PROXY_LISTENER_H
 #define PROXY_LISTENER_H
@@ -18,21 +18,24 @@ struct worker;
 struct listener {
     uv_tcp_t tcp;
     struct worker *worker;
-    const struct conf_addr *addr;
-    bool open;
+    struct conf_addr addr; /* a copy: it outlives the configuration it came from */
 };
 
 /*
  * listener_bind creates a TCP socket bound to |addr| with SO_REUSEPORT (IPv6 sockets are
- * IPV6_V6ONLY) and starts listening. Returns the file descriptor, or -errno.
+ * IPV6_V6ONLY; with |transparent|, IP_TRANSPARENT too) and starts listening. Returns the
+ * file descriptor, or -errno.
  */
-int listener_bind(const struct conf_addr *addr);
+int listener_bind(const struct conf_addr *addr, bool transparent);
 
-/* listener_start adopts |fd| into |l| on |w|'s loop and starts accepting. Returns 0 or a
- * libuv error (then |fd| is closed). */
-int listener_start(struct listener *l, struct worker *w, const struct conf_addr *addr, int fd);
+/* listener_start adopts |fd| on |w|'s loop and starts accepting. Returns a new listener,
+ * or NULL (then |fd| is closed). */
+struct listener *listener_start(struct worker *w, const struct conf_addr *addr, int fd);
 
-/* listener_stop stops accepting and closes the socket; safe to call twice. */
+/* listener_stop stops accepting, closes the socket and frees |l| once libuv is done. */
 void listener_stop(struct listener *l);
+
+/* listener_same_addr tells whether two listen addresses are the same socket address. */
+bool listener_same_addr(const struct conf_addr *a, const struct conf_addr *b);
 
 #endif

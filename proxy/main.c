@@ -22,6 +22,7 @@
 #include "learn.h"
 #include "listener.h"
 #include "log.h"
+#include "runtime.h"
 #include "tlsio.h"
 #include "worker.h"
 
@@ -77,31 +78,6 @@ static int main_check_supported(const struct conf *conf)
     return bad;
 }
 
-/*
- * main_front_ctx builds the leg-1 TLS context, or returns NULL with the reason printed.
- * *out_ctx stays NULL when [client_tls] starttls = strip.
- */
-static int main_front_ctx(struct tlsio_ctx **out_ctx, const struct conf *conf, bool quiet)
-{
-    *out_ctx = NULL;
-    if (conf->front_tls.starttls == CONF_FRONT_STARTTLS_STRIP) {
-        return 0;
-    }
-    char err[TLSIO_ERR_MAX];
-    bool self_signed = false;
-    *out_ctx = tlsio_ctx_new_front(err, sizeof(err), &self_signed, conf);
-    if (*out_ctx == NULL) {
-        log_fatal("%s: [client_tls]: %s", conf->path, err);
-        return -1;
-    }
-    if (self_signed && !quiet) {
-        log_warn(0, "front-tls-self-signed",
-                 "hostname=%s note=\"no certificate configured; a self-signed one was made\"",
-                 conf->hostname);
-    }
-    return 0;
-}
-
 /* main_back_tls_used tells whether leg 2 may ever use STARTTLS under this config. */
 static bool main_back_tls_used(const struct conf *conf)
 {
@@ -116,44 +92,89 @@ static bool main_back_tls_used(const struct conf *conf)
     return false;
 }
 
-/* main_back_ctx builds the leg-2 TLS context (client certificate, CA file). */
-static int main_back_ctx(struct tlsio_ctx **out_ctx, const struct conf *conf)
+/*
+ * main_runtime builds a runtime from |conf| (taken over, also on failure): the leg-1
+ * context (certificates, or a self-signed one: *out_self_signed) and the leg-2 context.
+ * On failure it returns NULL with the reason in |err|, naming the section.
+ */
+static struct runtime *main_runtime(char *err, size_t err_len, bool *out_self_signed,
+                                    struct conf *conf)
 {
-    *out_ctx = NULL;
-    if (!main_back_tls_used(conf)) {
-        return 0;
+    struct tlsio_ctx *front = NULL;
+    struct tlsio_ctx *back = NULL;
+    char why[TLSIO_ERR_MAX];
+    *out_self_signed = false;
+    if (conf->front_tls.starttls == CONF_FRONT_STARTTLS_OFFER) {
+        front = tlsio_ctx_new_front(why, sizeof(why), out_self_signed, conf);
+        if (front == NULL) {
+            snprintf(err, err_len, "%s: [client_tls]: %s", conf->path, why);
+            conf_free(conf);
+            return NULL;
+        }
     }
-    char err[TLSIO_ERR_MAX];
-    *out_ctx = tlsio_ctx_new_back(err, sizeof(err), conf);
-    if (*out_ctx == NULL) {
-        log_fatal("%s: [upstream_tls]: %s", conf->path, err);
-        return -1;
+    if (main_back_tls_used(conf)) {
+        back = tlsio_ctx_new_back(why, sizeof(why), conf);
+        if (back == NULL) {
+            snprintf(err, err_len, "%s: [upstream_tls]: %s", conf->path, why);
+            tlsio_ctx_free(front);
+            conf_free(conf);
+            return NULL;
+        }
     }
-    return 0;
+    struct runtime *r = runtime_new(conf, front, back);
+    if (r == NULL) {
+        snprintf(err, err_len, "out of memory");
+        tlsio_ctx_free(front);
+        tlsio_ctx_free(back);
+        conf_free(conf);
+    }
+    return r;
 }
 
-/* main_reload_front_ctx re-reads the certificate and key files (SIGHUP). On failure the
- * old context stays in force. */
-static void main_reload_front_ctx(struct worker_shared *shared, const struct conf *conf)
+static void main_log_self_signed(const struct conf *conf, bool self_signed)
 {
-    if (conf->front_tls.starttls == CONF_FRONT_STARTTLS_STRIP) {
-        return;
+    if (self_signed) {
+        log_warn(0, "front-tls-self-signed",
+                 "hostname=%s note=\"no certificate configured; a self-signed one was made\"",
+                 conf->hostname);
     }
-    char err[TLSIO_ERR_MAX];
-    bool self_signed = false;
-    struct tlsio_ctx *fresh = tlsio_ctx_new_front(err, sizeof(err), &self_signed, conf);
-    if (fresh == NULL) {
-        log_error(0, "front-tls-reload-failed", "error=\"%s\" action=kept-old", err);
-        return;
+}
+
+/* main_bind_listeners binds, for each worker, the addresses of |conf| that |old| (NULL at
+ * startup) does not listen on; fds[w][i] is -1 for the others. On failure every socket it
+ * bound is closed and the error is in |err|. */
+static int main_bind_listeners(int (*fds)[CONF_LISTEN_MAX], char *err, size_t err_len,
+                               unsigned n_workers, const struct conf *conf, const struct conf *old)
+{
+    for (size_t i = 0; i < conf->n_listen; i++) {
+        bool kept = false;
+        for (size_t j = 0; old != NULL && j < old->n_listen && !kept; j++) {
+            kept = listener_same_addr(&old->listen[j], &conf->listen[i]);
+        }
+        for (unsigned w = 0; w < n_workers; w++) {
+            fds[w][i] =
+                kept ? -1 : listener_bind(&conf->listen[i], conf->mode == CONF_MODE_TRANSPARENT);
+            if (!kept && fds[w][i] < 0) {
+                int e = -fds[w][i];
+                snprintf(err, err_len, "%s: listen: cannot listen on %s:%u: %s%s", conf->path,
+                         conf->listen[i].host, (unsigned)conf->listen[i].port, strerror(e),
+                         e == EACCES && conf->listen[i].port < 1024
+                             ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+                             : "");
+                fds[w][i] = -1;
+                for (unsigned x = 0; x < n_workers; x++) {
+                    for (size_t k = 0; k <= i; k++) {
+                        if (fds[x][k] >= 0) {
+                            close(fds[x][k]);
+                            fds[x][k] = -1;
+                        }
+                    }
+                }
+                return -1;
+            }
+        }
     }
-    uv_mutex_lock(&shared->lock);
-    struct tlsio_ctx *old = shared->front_ctx;
-    shared->front_ctx = fresh;
-    uv_mutex_unlock(&shared->lock);
-    /* Sessions already in TLS hold their own reference. */
-    tlsio_ctx_free(old);
-    log_info(0, "front-tls-reloaded", "certificates=%zu self_signed=%s",
-             conf->front_tls.n_certificate, self_signed ? "yes" : "no");
+    return 0;
 }
 
 static int main_drop_privileges(const struct conf *conf)
@@ -185,6 +206,94 @@ static bool main_workers_finished(struct worker *workers, unsigned n_workers)
         }
     }
     return true;
+}
+
+static void main_log_listening(const struct conf *conf, unsigned n_workers)
+{
+    for (size_t i = 0; i < conf->n_listen; i++) {
+        log_info(0, "listening", "address=%s%s%s:%u workers=%u",
+                 conf->listen[i].sa.ss_family == AF_INET6 ? "[" : "", conf->listen[i].host,
+                 conf->listen[i].sa.ss_family == AF_INET6 ? "]" : "",
+                 (unsigned)conf->listen[i].port, n_workers);
+    }
+}
+
+/*
+ * main_reload re-reads the configuration file (SIGHUP). A valid one applies to new
+ * sessions: listeners added and removed, upstream, TLS settings and certificates,
+ * policies, timeouts, logging. Open sessions finish under the old one. An invalid one is
+ * logged, error by error, and changes nothing.
+ */
+static void main_reload(struct runtime **current, struct worker *workers, unsigned n_workers,
+                        struct worker_shared *shared, const char *path)
+{
+    static int fds[MAIN_WORKERS_MAX][CONF_LISTEN_MAX];
+    const struct conf *old = (*current)->conf;
+    log_info(0, "reloading", "file=%s", path);
+    struct conf_errors errors = {0};
+    struct conf *conf = conf_load(&errors, path);
+    for (size_t i = 0; i < errors.n_lines; i++) {
+        char text[512];
+        log_error(0, "config-error", "error=\"%s\"",
+                  log_escape(text, sizeof(text), errors.lines[i], strlen(errors.lines[i]), 400));
+    }
+    conf_errors_cleanup(&errors);
+    char err[TLSIO_ERR_MAX + 256];
+    bool front_was = old->front_tls.starttls == CONF_FRONT_STARTTLS_OFFER;
+    if (conf == NULL || main_check_supported(conf) != 0) {
+        conf_free(conf);
+        log_error(0, "reload-failed", "file=%s action=kept-old-config", path);
+        if (front_was) {
+            /* The certificates in force are those of the old configuration. */
+            log_error(0, "front-tls-reload-failed",
+                      "error=\"invalid configuration\" action=kept-old");
+        }
+        return;
+    }
+    if (conf->workers != old->workers || (conf->user == NULL) != (old->user == NULL) ||
+        conf->mode != old->mode) {
+        log_warn(0, "reload-restart-needed",
+                 "keys=\"workers, user, mode\" note=\"changes to these take effect at restart\"");
+    }
+    bool self_signed;
+    struct runtime *fresh = main_runtime(err, sizeof(err), &self_signed, conf);
+    if (fresh == NULL) {
+        char text[sizeof(err)];
+        log_error(0, front_was ? "front-tls-reload-failed" : "reload-failed",
+                  "error=\"%s\" action=kept-old-config",
+                  log_escape(text, sizeof(text), err, strlen(err), sizeof(text) / 4));
+        return;
+    }
+    if (main_bind_listeners(fds, err, sizeof(err), n_workers, fresh->conf, old) != 0) {
+        log_error(0, "reload-failed", "error=\"%s\" action=kept-old-config", err);
+        runtime_unref(fresh);
+        return;
+    }
+    const struct conf *c = fresh->conf;
+    log_setup(c->log_level, c->log_format);
+    main_log_self_signed(c, self_signed);
+    learn_configure(shared->front_learned, c->front_tls.learn_max_entries,
+                    c->front_tls.learn_ttl_ms);
+    learn_configure(shared->back_failed, c->back_tls.remember_max_entries,
+                    c->back_tls.remember_failures_ms);
+    for (unsigned w = 0; w < n_workers; w++) {
+        unsigned before = workers[w].reloads_applied;
+        worker_reload(&workers[w], runtime_ref(fresh), fds[w]);
+        /* One reload at a time: the next one is computed against this one's listeners. */
+        for (int waited = 0; workers[w].reloads_applied == before && waited < 5000; waited++) {
+            struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000 * 1000};
+            nanosleep(&ms, NULL);
+        }
+    }
+    runtime_unref(*current);
+    *current = fresh;
+    main_log_listening(c, n_workers);
+    log_info(0, "reloaded", "file=%s upstream=%s:%u", path, c->upstream.host,
+             (unsigned)c->upstream.port);
+    if (c->front_tls.starttls == CONF_FRONT_STARTTLS_OFFER) {
+        log_info(0, "front-tls-reloaded", "certificates=%zu self_signed=%s",
+                 c->front_tls.n_certificate, self_signed ? "yes" : "no");
+    }
 }
 
 int main(int argc, char **argv)
@@ -234,51 +343,42 @@ int main(int argc, char **argv)
         conf_free(conf);
         return rc == 0 ? 0 : 1;
     }
-    struct worker_shared shared = {0};
     /* -t also loads the certificates: a key that does not match is a config error. */
-    if (conf == NULL || main_check_supported(conf) != 0 ||
-        main_front_ctx(&shared.front_ctx, conf, true) != 0 ||
-        main_back_ctx(&shared.back_ctx, conf) != 0) {
+    char err[TLSIO_ERR_MAX + 256];
+    bool self_signed = false;
+    struct runtime *runtime = NULL;
+    if (conf != NULL && main_check_supported(conf) == 0) {
+        runtime = main_runtime(err, sizeof(err), &self_signed, conf);
+        if (runtime == NULL) {
+            log_fatal("%s", err);
+        }
+    } else {
+        conf_free(conf);
+    }
+    if (runtime == NULL) {
         if (test_only) {
             fprintf(stderr, "smtp-tls-proxy: configuration file %s test failed\n", path);
         }
-        conf_free(conf);
         return 1;
     }
+    conf = runtime->conf;
     if (test_only) {
         printf("smtp-tls-proxy: configuration file %s test is successful\n", path);
-        tlsio_ctx_free(shared.front_ctx);
-        tlsio_ctx_free(shared.back_ctx);
-        conf_free(conf);
+        runtime_unref(runtime);
         return 0;
     }
     log_setup(conf->log_level, conf->log_format);
-    if (shared.front_ctx != NULL) {
-        /* Built again now that logging is set up, so the self-signed warning is logged. */
-        tlsio_ctx_free(shared.front_ctx);
-        if (main_front_ctx(&shared.front_ctx, conf, false) != 0) {
-            return 1;
-        }
-    }
-    if (uv_mutex_init(&shared.lock) != 0) {
-        log_fatal("cannot create a mutex");
+    main_log_self_signed(conf, self_signed);
+    /* Both memories exist from the start, so a reload that turns learning on needs no
+     * locking around them; they allocate as entries come. */
+    struct worker_shared shared = {
+        .front_learned = learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms),
+        .back_failed =
+            learn_new(conf->back_tls.remember_max_entries, conf->back_tls.remember_failures_ms),
+    };
+    if (shared.front_learned == NULL || shared.back_failed == NULL) {
+        log_fatal("out of memory");
         return 1;
-    }
-    if (conf->front_tls.starttls == CONF_FRONT_STARTTLS_OFFER && conf->front_tls.learn_failures) {
-        shared.front_learned =
-            learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms);
-        if (shared.front_learned == NULL) {
-            log_fatal("out of memory");
-            return 1;
-        }
-    }
-    if (shared.back_ctx != NULL) {
-        shared.back_failed =
-            learn_new(conf->back_tls.remember_max_entries, conf->back_tls.remember_failures_ms);
-        if (shared.back_failed == NULL) {
-            log_fatal("out of memory");
-            return 1;
-        }
     }
 
     unsigned n_workers = conf->workers != 0 ? conf->workers : uv_available_parallelism();
@@ -291,19 +391,9 @@ int main(int argc, char **argv)
 
     /* Every socket is bound before privileges are dropped and before any thread runs. */
     static int fds[MAIN_WORKERS_MAX][CONF_LISTEN_MAX];
-    for (unsigned w = 0; w < n_workers; w++) {
-        for (size_t i = 0; i < conf->n_listen; i++) {
-            fds[w][i] = listener_bind(&conf->listen[i]);
-            if (fds[w][i] < 0) {
-                log_fatal("%s: listen: cannot listen on %s:%u: %s%s", conf->path,
-                          conf->listen[i].host, (unsigned)conf->listen[i].port,
-                          strerror(-fds[w][i]),
-                          -fds[w][i] == EACCES && conf->listen[i].port < 1024
-                              ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-                              : "");
-                return 1;
-            }
-        }
+    if (main_bind_listeners(fds, err, sizeof(err), n_workers, conf, NULL) != 0) {
+        log_fatal("%s", err);
+        return 1;
     }
     if (main_drop_privileges(conf) != 0) {
         return 1;
@@ -320,7 +410,7 @@ int main(int argc, char **argv)
 
     static struct worker workers[MAIN_WORKERS_MAX];
     for (unsigned w = 0; w < n_workers; w++) {
-        int rc = worker_init(&workers[w], w, conf, &shared, fds[w], conf->n_listen);
+        int rc = worker_init(&workers[w], w, runtime_ref(runtime), &shared, fds[w]);
         if (rc == 0) {
             rc = worker_start(&workers[w]);
         }
@@ -329,12 +419,7 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    for (size_t i = 0; i < conf->n_listen; i++) {
-        log_info(0, "listening", "address=%s%s%s:%u workers=%u",
-                 conf->listen[i].sa.ss_family == AF_INET6 ? "[" : "", conf->listen[i].host,
-                 conf->listen[i].sa.ss_family == AF_INET6 ? "]" : "",
-                 (unsigned)conf->listen[i].port, n_workers);
-    }
+    main_log_listening(conf, n_workers);
     log_info(0, "started", "version=%s upstream=%s:%u hostname=%s", PROXY_VERSION,
              conf->upstream.host, (unsigned)conf->upstream.port, conf->hostname);
 
@@ -343,11 +428,12 @@ int main(int argc, char **argv)
     for (;;) {
         struct timespec poll = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
         int sig = draining ? sigtimedwait(&signals, NULL, &poll) : sigwaitinfo(&signals, NULL);
-        if (sig == SIGHUP) {
-            main_reload_front_ctx(&shared, conf);
+        if (sig == SIGHUP && !draining) {
+            main_reload(&runtime, workers, n_workers, &shared, path);
         } else if (sig == SIGTERM || sig == SIGINT) {
             log_info(0, draining ? "stopping" : "draining", "signal=%s drain_timeout_ms=%llu",
-                     sig == SIGTERM ? "TERM" : "INT", (unsigned long long)conf->drain_timeout_ms);
+                     sig == SIGTERM ? "TERM" : "INT",
+                     (unsigned long long)runtime->conf->drain_timeout_ms);
             for (unsigned w = 0; w < n_workers; w++) {
                 worker_stop(&workers[w], draining);
             }
@@ -361,11 +447,8 @@ int main(int argc, char **argv)
         worker_join(&workers[w]);
     }
     log_info(0, "stopped", "sessions_left=%u", (unsigned)worker_connections);
-    tlsio_ctx_free(shared.front_ctx);
-    tlsio_ctx_free(shared.back_ctx);
+    runtime_unref(runtime);
     learn_free(shared.front_learned);
     learn_free(shared.back_failed);
-    uv_mutex_destroy(&shared.lock);
-    conf_free(conf);
     return 0;
 }

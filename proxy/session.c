@@ -27,6 +27,7 @@
 #include "conf.h"
 #include "learn.h"
 #include "log.h"
+#include "runtime.h"
 #include "smtp.h"
 #include "tlsio.h"
 #include "worker.h"
@@ -181,7 +182,8 @@ struct session_side {
 struct session {
     uint64_t id;
     struct worker *worker;
-    const struct conf *conf;
+    struct runtime *runtime;     /* a reference: the configuration this session started under */
+    const struct conf *conf;     /* runtime->conf */
     struct session *prev, *next; /* the worker's list */
     enum session_state state;
     int n_handles; /* open handles and requests; freed at zero */
@@ -390,6 +392,7 @@ static void session_free(struct session *s)
     if (s->counted) {
         worker_connections--;
     }
+    runtime_unref(s->runtime);
     free(s);
 }
 
@@ -1075,7 +1078,8 @@ static void session_front_tls_begin(struct session *s)
         log_warn(s->id, "starttls-injection", "client=%s discarded=%" PRIu64, s->front_addr,
                  s->front_injected);
     }
-    int rc = worker_front_tls_start(s->worker, &s->front.tls);
+    int rc = s->runtime->front_ctx != NULL ? tlsio_start_front(&s->front.tls, s->runtime->front_ctx)
+                                           : -ENOTSUP;
     if (rc != 0) {
         log_error(s->id, "front-tls-start-failed", "error=\"%s\"", uv_strerror(rc));
         session_abort(s, "internal-error");
@@ -1099,7 +1103,7 @@ static void session_front_tls_failed(struct session *s, const char *reason)
         always = conf_cidr_match(&c->front_tls.always_offer_to[i],
                                  (const struct sockaddr *)&s->front_sa);
     }
-    if (learned != NULL && !always &&
+    if (c->front_tls.learn_failures && !always &&
         learn_add(learned, (const struct sockaddr *)&s->front_sa, uv_hrtime() / 1000000)) {
         log_info(s->id, "front-tls-learned", "client=%s ttl_ms=%" PRIu64 " entries=%zu",
                  s->front_addr, c->front_tls.learn_ttl_ms, learn_count(learned));
@@ -1618,7 +1622,7 @@ static void session_back_negotiate(struct session *s, const char *line, size_t l
                learn_contains(failed, (const struct sockaddr *)&s->back_sa,
                               uv_hrtime() / 1000000)) {
         skip = "remembered";
-    } else if (s->worker->shared->back_ctx == NULL) {
+    } else if (s->runtime->back_ctx == NULL) {
         skip = "policy-off";
     }
     if (skip != NULL) {
@@ -1786,7 +1790,7 @@ static void session_back_tls_begin(struct session *s)
         .max_tls12 = s->back_max_tls12,
         .verify_soft = s->back_policy != CONF_BACK_STARTTLS_REQUIRE,
     };
-    int rc = tlsio_start_back(&s->back.tls, s->worker->shared->back_ctx, &options);
+    int rc = tlsio_start_back(&s->back.tls, s->runtime->back_ctx, &options);
     if (rc != 0) {
         log_error(s->id, "back-tls-start-failed", "error=\"%s\"", uv_strerror(rc));
         session_abort(s, "internal-error");
@@ -1880,10 +1884,22 @@ static void session_back_tls_input(struct session *s)
 static void session_back_tls_broken(struct session *s)
 {
     char reason[sizeof(s->back_tls_reason)];
-    session_back_tls_failure_reason(s, reason, sizeof(reason));
     if (s->state == SESSION_BACK_EHLO) {
+        session_back_tls_failure_reason(s, reason, sizeof(reason));
         session_back_tls_fallback(s, reason, true);
         return;
+    }
+    const struct tlsio *t = &s->back.tls;
+    switch (tlsio_failure(t)) {
+    case TLSIO_FAILURE_EOF:
+        snprintf(reason, sizeof(reason), "tls-eof-without-close-notify");
+        break;
+    case TLSIO_FAILURE_ALERT:
+        snprintf(reason, sizeof(reason), "tls-alert:%s", tlsio_reason(t));
+        break;
+    default:
+        snprintf(reason, sizeof(reason), "tls-error:%s", tlsio_reason(t));
+        break;
     }
     session_back_failed(s, reason);
 }
@@ -2500,7 +2516,8 @@ static struct session *session_new(struct worker *w)
         return NULL;
     }
     s->worker = w;
-    s->conf = w->conf;
+    s->runtime = runtime_ref(w->runtime);
+    s->conf = s->runtime->conf;
     /* splitmix64 over a random start: unique per worker, unpredictable across runs. */
     uint64_t z = (w->next_id += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -2548,7 +2565,8 @@ static void session_decide_offer(struct session *s)
         hidden = conf_cidr_match(&c->front_tls.never_offer_to[i], sa);
     }
     struct learn *learned = s->worker->shared->front_learned;
-    if (!hidden && learned != NULL && learn_contains(learned, sa, uv_hrtime() / 1000000)) {
+    if (!hidden && c->front_tls.learn_failures &&
+        learn_contains(learned, sa, uv_hrtime() / 1000000)) {
         hidden = true;
         log_info(s->id, "front-tls-hidden", "client=%s reason=learned-failure", s->front_addr);
     }

@@ -3,17 +3,18 @@
  *
  * Stopping is a drain: listeners close at once, open sessions may finish until the drain
  * timer fires, then the rest are shut down; the loop ends when its last session is gone.
+ * A reload swaps the runtime for new sessions and the set of listeners, nothing else.
  */
 #include "worker.h"
 
 #include <errno.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include <uv.h>
 
 #include "log.h"
 #include "session.h"
-#include "tlsio.h"
 
 _Atomic unsigned worker_connections;
 
@@ -31,23 +32,81 @@ static void worker_on_drain_timeout(uv_timer_t *timer)
     }
 }
 
+static void worker_stop_listeners(struct worker *w)
+{
+    for (size_t i = 0; i < w->n_listeners; i++) {
+        listener_stop(w->listeners[i]);
+    }
+    w->n_listeners = 0;
+}
+
+/* worker_apply_reload adopts a new runtime and brings the listeners in line with it. */
+static void worker_apply_reload(struct worker *w, struct runtime *runtime, const int *fds)
+{
+    const struct conf *conf = runtime->conf;
+    struct listener *kept[CONF_LISTEN_MAX];
+    size_t n_kept = 0;
+    for (size_t i = 0; i < conf->n_listen; i++) {
+        struct listener *l = NULL;
+        if (fds[i] >= 0) {
+            l = w->draining ? NULL : listener_start(w, &conf->listen[i], fds[i]);
+            if (w->draining) {
+                close(fds[i]);
+            }
+        } else {
+            for (size_t j = 0; j < w->n_listeners && l == NULL; j++) {
+                if (w->listeners[j] != NULL &&
+                    listener_same_addr(&w->listeners[j]->addr, &conf->listen[i])) {
+                    l = w->listeners[j];
+                    w->listeners[j] = NULL;
+                }
+            }
+        }
+        if (l != NULL) {
+            kept[n_kept++] = l;
+        }
+    }
+    for (size_t j = 0; j < w->n_listeners; j++) {
+        if (w->listeners[j] != NULL) {
+            listener_stop(w->listeners[j]); /* no longer configured */
+        }
+    }
+    for (size_t i = 0; i < n_kept; i++) {
+        w->listeners[i] = kept[i];
+    }
+    w->n_listeners = n_kept;
+    runtime_unref(w->runtime);
+    w->runtime = runtime;
+}
+
 static void worker_on_wakeup(uv_async_t *async)
 {
     struct worker *w = async->data;
+    uv_mutex_lock(&w->wakeup_lock);
+    struct runtime *reload = w->reload;
+    int fds[CONF_LISTEN_MAX];
+    for (size_t i = 0; i < CONF_LISTEN_MAX; i++) {
+        fds[i] = w->reload_fds[i];
+    }
+    w->reload = NULL;
+    uv_mutex_unlock(&w->wakeup_lock);
+    if (reload != NULL) {
+        worker_apply_reload(w, reload, fds);
+        w->reloads_applied++;
+    }
+
     int request = w->stop_request;
     if (request == 0) {
         return;
     }
     if (!w->draining) {
         w->draining = true;
-        for (size_t i = 0; i < w->n_listeners; i++) {
-            listener_stop(&w->listeners[i]);
-        }
+        worker_stop_listeners(w);
         /* Neither handle keeps the loop alive any more: it ends with its last session. */
         uv_unref((uv_handle_t *)&w->wakeup);
         uv_unref((uv_handle_t *)&w->drain_timer);
     }
-    uint64_t drain_ms = request == 2 ? 0 : w->conf->drain_timeout_ms;
+    uint64_t drain_ms = request == 2 ? 0 : w->runtime->conf->drain_timeout_ms;
     uv_timer_start(&w->drain_timer, worker_on_drain_timeout, drain_ms, 0);
 }
 
@@ -61,12 +120,14 @@ static void worker_close_own_handles(struct worker *w)
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
-int worker_init(struct worker *w, unsigned index, const struct conf *conf,
-                struct worker_shared *shared, const int *fds, size_t n_fds)
+int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
+                struct worker_shared *shared, const int *fds)
 {
     w->index = index;
-    w->conf = conf;
+    w->runtime = runtime;
     w->shared = shared;
+    w->reload = NULL;
+    w->reloads_applied = 0;
     w->stop_request = 0;
     w->finished = false;
     w->draining = false;
@@ -91,16 +152,20 @@ int worker_init(struct worker *w, unsigned index, const struct conf *conf,
     w->wakeup_open = true;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
-    for (size_t i = 0; rc == 0 && i < n_fds; i++) {
-        rc = listener_start(&w->listeners[i], w, &conf->listen[i], fds[i]);
-        if (rc == 0) {
-            w->n_listeners++;
+    const struct conf *conf = runtime->conf;
+    for (size_t i = 0; i < conf->n_listen; i++) {
+        struct listener *l = listener_start(w, &conf->listen[i], fds[i]);
+        if (l == NULL) {
+            for (size_t j = i + 1; j < conf->n_listen; j++) {
+                close(fds[j]);
+            }
+            rc = UV_EINVAL;
+            break;
         }
+        w->listeners[w->n_listeners++] = l;
     }
     if (rc != 0) {
-        for (size_t i = 0; i < w->n_listeners; i++) {
-            listener_stop(&w->listeners[i]);
-        }
+        worker_stop_listeners(w);
         worker_close_own_handles(w);
         uv_loop_close(&w->loop);
         uv_mutex_destroy(&w->wakeup_lock);
@@ -125,6 +190,38 @@ int worker_start(struct worker *w)
     return uv_thread_create(&w->thread, worker_main, w);
 }
 
+void worker_reload(struct worker *w, struct runtime *runtime, const int *fds)
+{
+    uv_mutex_lock(&w->wakeup_lock);
+    if (!w->wakeup_open) {
+        uv_mutex_unlock(&w->wakeup_lock);
+        for (size_t i = 0; i < runtime->conf->n_listen; i++) {
+            if (fds[i] >= 0) {
+                close(fds[i]);
+            }
+        }
+        runtime_unref(runtime);
+        return;
+    }
+    struct runtime *stale = w->reload; /* two reloads before the worker woke up */
+    int stale_fds[CONF_LISTEN_MAX];
+    for (size_t i = 0; i < CONF_LISTEN_MAX; i++) {
+        stale_fds[i] = w->reload_fds[i];
+        w->reload_fds[i] = i < runtime->conf->n_listen ? fds[i] : -1;
+    }
+    w->reload = runtime;
+    uv_async_send(&w->wakeup);
+    uv_mutex_unlock(&w->wakeup_lock);
+    if (stale != NULL) {
+        for (size_t i = 0; i < CONF_LISTEN_MAX; i++) {
+            if (stale_fds[i] >= 0) {
+                close(stale_fds[i]);
+            }
+        }
+        runtime_unref(stale);
+    }
+}
+
 void worker_stop(struct worker *w, bool now)
 {
     int want = now ? 2 : 1;
@@ -138,16 +235,10 @@ void worker_stop(struct worker *w, bool now)
     uv_mutex_unlock(&w->wakeup_lock);
 }
 
-int worker_front_tls_start(struct worker *w, struct tlsio *t)
-{
-    uv_mutex_lock(&w->shared->lock);
-    int rc = w->shared->front_ctx != NULL ? tlsio_start_front(t, w->shared->front_ctx) : -ENOTSUP;
-    uv_mutex_unlock(&w->shared->lock);
-    return rc;
-}
-
 void worker_join(struct worker *w)
 {
     uv_thread_join(&w->thread);
     uv_mutex_destroy(&w->wakeup_lock);
+    runtime_unref(w->reload);
+    runtime_unref(w->runtime);
 }

@@ -1,7 +1,7 @@
 /*
  * worker: one thread, one libuv loop, its own SO_REUSEPORT listeners and the sessions they
  * accept. A worker touches no other worker's data; the main thread talks to it only
- * through worker_stop(), which is safe to call from any thread.
+ * through worker_stop() and worker_reload(), which are safe from any thread.
  */
 #ifndef PROXY_WORKER_H
 #define PROXY_WORKER_H
@@ -14,39 +14,35 @@
 
 #include "conf.h"
 #include "listener.h"
+#include "runtime.h"
 
 struct session;
 struct learn;
-struct tlsio;
-struct tlsio_ctx;
 
-/*
- * State shared by every worker, made by main before they start. front_ctx is replaced on
- * SIGHUP under |lock|; a session holds its own reference from the moment its handshake
- * starts (SSL_new), so a replaced context lives on until its last session is done.
- */
+/* State shared by every worker, made by main before they start; both memories lock
+ * themselves. */
 struct worker_shared {
-    uv_mutex_t lock;
-    struct tlsio_ctx *front_ctx; /* NULL when [client_tls] starttls = strip */
-    struct learn *front_learned; /* clients whose handshake failed; NULL: not learning */
-    struct tlsio_ctx *back_ctx;  /* leg 2; NULL when STARTTLS upstream is never used */
+    struct learn *front_learned; /* clients whose handshake failed */
     struct learn *back_failed;   /* upstreams whose TLS failed, for remember_failures */
 };
 
 struct worker {
     unsigned index;
-    const struct conf *conf;
+    struct runtime *runtime; /* new sessions start under this one (a reference) */
     struct worker_shared *shared;
     uv_loop_t loop;
     uv_thread_t thread;
-    uv_async_t wakeup;      /* worker_stop() pokes the loop through this */
-    uv_mutex_t wakeup_lock; /* guards wakeup_open against worker_stop() from other threads */
+    uv_async_t wakeup;      /* worker_stop() and worker_reload() poke the loop with it */
+    uv_mutex_t wakeup_lock; /* guards the fields below against the other threads */
     bool wakeup_open;
-    uv_timer_t drain_timer;   /* ends the drain after conf->drain_timeout_ms */
-    _Atomic int stop_request; /* 0: run, 1: drain, 2: stop now */
-    _Atomic bool finished;    /* the loop has ended; worker_join() will not block */
+    struct runtime *reload;           /* a runtime waiting to be adopted, or NULL */
+    int reload_fds[CONF_LISTEN_MAX];  /* sockets for its new listen addresses, else -1 */
+    uv_timer_t drain_timer;           /* ends the drain after drain_timeout */
+    _Atomic int stop_request;         /* 0: run, 1: drain, 2: stop now */
+    _Atomic bool finished;            /* the loop has ended; worker_join() will not block */
+    _Atomic unsigned reloads_applied; /* main waits on this between two reloads */
     bool draining;
-    struct listener listeners[CONF_LISTEN_MAX];
+    struct listener *listeners[CONF_LISTEN_MAX];
     size_t n_listeners;
     struct session *sessions; /* every live session of this loop, for the drain */
     uint64_t next_id;         /* session ids: a per-worker random walk */
@@ -56,21 +52,24 @@ struct worker {
 extern _Atomic unsigned worker_connections;
 
 /*
- * worker_init prepares |w| to serve the already bound, listening-ready sockets |fds|
- * (one per configured listen address). Returns 0 or a negative libuv error; on failure
- * nothing needs cleaning up.
+ * worker_init prepares |w| to serve |runtime| (the worker takes over the caller's
+ * reference) on the bound sockets |fds|, one per address of runtime->conf->listen. Returns
+ * 0 or a negative libuv error; on failure nothing needs cleaning up except the reference.
  */
-int worker_init(struct worker *w, unsigned index, const struct conf *conf,
-                struct worker_shared *shared, const int *fds, size_t n_fds);
-
-/*
- * worker_front_tls_start starts |t| as the server side of a handshake with the current
- * leg-1 context. Returns 0, -ENOTSUP when there is none, or tlsio_start_front()'s error.
- */
-int worker_front_tls_start(struct worker *w, struct tlsio *t);
+int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
+                struct worker_shared *shared, const int *fds);
 
 /* worker_start runs the worker's loop on a new thread. Returns 0 or a libuv error. */
 int worker_start(struct worker *w);
+
+/*
+ * worker_reload hands |runtime| (the worker takes over the caller's reference) to the
+ * worker for its new sessions. |fds| has one entry per address of runtime->conf->listen:
+ * a bound socket for an address the worker does not listen on yet, or -1 to keep its
+ * current listener. Listeners for addresses no longer configured are closed; open
+ * sessions are untouched. Safe from any thread.
+ */
+void worker_reload(struct worker *w, struct runtime *runtime, const int *fds);
 
 /*
  * worker_stop asks the worker to stop accepting and drain its sessions (now = false), or
@@ -78,7 +77,7 @@ int worker_start(struct worker *w);
  */
 void worker_stop(struct worker *w, bool now);
 
-/* worker_join waits for the thread to end and releases the loop. */
+/* worker_join waits for the thread to end and releases the loop and the runtime. */
 void worker_join(struct worker *w);
 
 #endif

@@ -1,0 +1,612 @@
+/*
+ * metrics: fixed tables of series, relaxed atomic updates, a bounded text renderer and a
+ * strict little HTTP request-line parser. No I/O, no allocation, no logging, no locks.
+ */
+#include "metrics.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#define METRICS_PREFIX "smtp_tls_proxy_"
+
+enum metrics_type {
+    METRICS_COUNTER = 0,
+    METRICS_GAUGE,
+};
+
+struct metrics_series {
+    const char *family; /* without METRICS_PREFIX */
+    const char *labels; /* "end=\"quit\"", or NULL */
+    enum metrics_type type;
+    const char *help; /* for the first series of a family; later ones must repeat it */
+};
+
+#define METRICS_SESSIONS_HELP "Sessions ended, by how they ended."
+#define METRICS_BYTES_HELP "Bytes received, from clients (in) and from upstreams (out)."
+#define METRICS_FRONT_STARTTLS_HELP                                                                \
+    "Client-side STARTTLS: offered in EHLO, used, failed handshakes, hidden from clients "         \
+    "remembered as failing."
+#define METRICS_FALLBACK_HELP                                                                      \
+    "Upstream TLS attempts that failed and fell back or gave up, by reason class."
+
+static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
+    [METRICS_CONNECTIONS_CURRENT] = {"connections_current", NULL, METRICS_GAUGE,
+                                     "Client connections open now."},
+    [METRICS_CONNECTIONS] = {"connections_total", NULL, METRICS_COUNTER,
+                             "Client connections accepted."},
+    [METRICS_CONNECTIONS_REFUSED] = {"connections_refused_total", NULL, METRICS_COUNTER,
+                                     "Client connections refused over max_connections."},
+    [METRICS_SESSIONS_QUIT] = {"sessions_total", "end=\"quit\"", METRICS_COUNTER,
+                               METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_CLIENT_CLOSED] = {"sessions_total", "end=\"client-closed\"", METRICS_COUNTER,
+                                        METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_CLIENT_LOST_IN_DATA] = {"sessions_total", "end=\"client-lost-in-data\"",
+                                              METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_TIMEOUT] = {"sessions_total", "end=\"timeout\"", METRICS_COUNTER,
+                                  METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_UPSTREAM_UNREACHABLE] = {"sessions_total", "end=\"upstream-unreachable\"",
+                                               METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_UPSTREAM_LOST] = {"sessions_total", "end=\"upstream-lost\"", METRICS_COUNTER,
+                                        METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_UPSTREAM_TIMEOUT] = {"sessions_total", "end=\"upstream-timeout\"",
+                                           METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_UPSTREAM_TLS_FAILED] = {"sessions_total", "end=\"upstream-tls-failed\"",
+                                              METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_MESSAGE_REJECTED] = {"sessions_total", "end=\"message-rejected\"",
+                                           METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_TOO_MANY_CONNECTIONS] = {"sessions_total", "end=\"too-many-connections\"",
+                                               METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_SHUTDOWN] = {"sessions_total", "end=\"shutdown\"", METRICS_COUNTER,
+                                   METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_OTHER] = {"sessions_total", "end=\"other\"", METRICS_COUNTER,
+                                METRICS_SESSIONS_HELP},
+    [METRICS_MESSAGES] = {"messages_total", NULL, METRICS_COUNTER,
+                          "Messages relayed: the upstream accepted the end of DATA."},
+    [METRICS_BYTES_IN] = {"bytes_total", "direction=\"in\"", METRICS_COUNTER, METRICS_BYTES_HELP},
+    [METRICS_BYTES_OUT] = {"bytes_total", "direction=\"out\"", METRICS_COUNTER, METRICS_BYTES_HELP},
+    [METRICS_FRONT_STARTTLS_OFFERED] = {"front_starttls_total", "result=\"offered\"",
+                                        METRICS_COUNTER, METRICS_FRONT_STARTTLS_HELP},
+    [METRICS_FRONT_STARTTLS_USED] = {"front_starttls_total", "result=\"used\"", METRICS_COUNTER,
+                                     METRICS_FRONT_STARTTLS_HELP},
+    [METRICS_FRONT_STARTTLS_FAILED] = {"front_starttls_total", "result=\"failed\"", METRICS_COUNTER,
+                                       METRICS_FRONT_STARTTLS_HELP},
+    [METRICS_FRONT_STARTTLS_HIDDEN] = {"front_starttls_total", "result=\"hidden\"", METRICS_COUNTER,
+                                       METRICS_FRONT_STARTTLS_HELP},
+    [METRICS_FRONT_LEARNED] = {"front_learned_total", NULL, METRICS_COUNTER,
+                               "Clients added to the memory of failed client-side TLS."},
+    [METRICS_BACK_TLS_USED] = {"back_tls_total", "result=\"used\"", METRICS_COUNTER,
+                               "Upstream connections that completed TLS."},
+    [METRICS_BACK_FALLBACK_STARTTLS_REFUSED] = {"back_tls_fallback_total",
+                                                "reason=\"starttls-refused\"", METRICS_COUNTER,
+                                                METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_STARTTLS_BAD_REPLY] = {"back_tls_fallback_total",
+                                                  "reason=\"starttls-bad-reply\"", METRICS_COUNTER,
+                                                  METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_TLS_ALERT] = {"back_tls_fallback_total", "reason=\"tls-alert\"",
+                                         METRICS_COUNTER, METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_TLS_ERROR] = {"back_tls_fallback_total", "reason=\"tls-error\"",
+                                         METRICS_COUNTER, METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_EOF] = {"back_tls_fallback_total", "reason=\"eof\"", METRICS_COUNTER,
+                                   METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT] = {"back_tls_fallback_total",
+                                                 "reason=\"handshake-timeout\"", METRICS_COUNTER,
+                                                 METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_POST_TLS_EHLO] = {"back_tls_fallback_total", "reason=\"post-tls-ehlo\"",
+                                             METRICS_COUNTER, METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_POST_TLS_EOF] = {"back_tls_fallback_total", "reason=\"post-tls-eof\"",
+                                            METRICS_COUNTER, METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_CERTIFICATE] = {"back_tls_fallback_total", "reason=\"certificate\"",
+                                           METRICS_COUNTER, METRICS_FALLBACK_HELP},
+    [METRICS_BACK_FALLBACK_OTHER] = {"back_tls_fallback_total", "reason=\"other\"", METRICS_COUNTER,
+                                     METRICS_FALLBACK_HELP},
+    [METRICS_BACK_REMEMBERED_SKIPS] = {"back_tls_remembered_skips_total", NULL, METRICS_COUNTER,
+                                       "Upstream connections that skipped STARTTLS because "
+                                       "the upstream is remembered as failing."},
+    [METRICS_BACK_REQUIRE_FAILURES] = {"back_tls_require_failures_total", NULL, METRICS_COUNTER,
+                                       "Sessions refused because upstream TLS was required "
+                                       "and failed."},
+    [METRICS_FRONT_LEARNED_ENTRIES] = {"front_learned_entries", NULL, METRICS_GAUGE,
+                                       "Clients remembered as failing client-side TLS."},
+    [METRICS_BACK_REMEMBERED_ENTRIES] = {"back_remembered_entries", NULL, METRICS_GAUGE,
+                                         "Upstreams remembered as failing TLS."},
+};
+
+struct metrics_hist_info {
+    const char *family;
+    const char *help;
+};
+
+static const struct metrics_hist_info metrics_hists[METRICS_N_HISTOGRAMS] = {
+    [METRICS_FRONT_HANDSHAKE_SECONDS] = {"front_handshake_seconds",
+                                         "Client-side TLS handshake durations."},
+    [METRICS_BACK_HANDSHAKE_SECONDS] = {"back_handshake_seconds",
+                                        "Upstream TLS handshake durations."},
+    [METRICS_SESSION_SECONDS] = {"session_seconds", "Session durations, accept to close."},
+};
+
+/* The bounds in microseconds, so that bucket choice and the integer sum agree exactly. */
+static const uint64_t metrics_bounds_us[METRICS_N_BUCKETS] = {
+    5000,    10000,   25000,   50000,    100000,   250000,   500000,
+    1000000, 2500000, 5000000, 10000000, 30000000, 60000000, 300000000,
+};
+static const char *const metrics_bounds_text[METRICS_N_BUCKETS + 1] = {
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",  "1",
+    "2.5",   "5",    "10",    "30",   "60",  "300",  "+Inf",
+};
+
+/* One cache line per value: workers on different cores bump different counters of the
+ * same array all the time, and shared lines would turn each increment into a transfer. */
+struct metrics_cell {
+    alignas(64) _Atomic uint64_t v;
+};
+
+struct metrics_hist {
+    struct metrics_cell buckets[METRICS_N_BUCKETS + 1]; /* not cumulative; last is +Inf */
+    struct metrics_cell sum_us;
+};
+
+static struct metrics_cell metrics_values[METRICS_N_COUNTERS];
+static struct metrics_hist metrics_hist_values[METRICS_N_HISTOGRAMS];
+
+void metrics_inc(enum metrics_counter id)
+{
+    metrics_add(id, 1);
+}
+
+void metrics_add(enum metrics_counter id, uint64_t n)
+{
+    assert((unsigned)id < METRICS_N_COUNTERS && metrics_series[id].type == METRICS_COUNTER);
+    atomic_fetch_add_explicit(&metrics_values[id].v, n, memory_order_relaxed);
+}
+
+void metrics_gauge_add(enum metrics_counter id, int64_t delta)
+{
+    assert((unsigned)id < METRICS_N_COUNTERS && metrics_series[id].type == METRICS_GAUGE);
+    /* Two's complement: adding the uint64_t image of a negative delta subtracts. */
+    atomic_fetch_add_explicit(&metrics_values[id].v, (uint64_t)delta, memory_order_relaxed);
+}
+
+void metrics_gauge_set(enum metrics_counter id, int64_t value)
+{
+    assert((unsigned)id < METRICS_N_COUNTERS && metrics_series[id].type == METRICS_GAUGE);
+    atomic_store_explicit(&metrics_values[id].v, (uint64_t)value, memory_order_relaxed);
+}
+
+uint64_t metrics_get(enum metrics_counter id)
+{
+    assert((unsigned)id < METRICS_N_COUNTERS);
+    return atomic_load_explicit(&metrics_values[id].v, memory_order_relaxed);
+}
+
+void metrics_observe(enum metrics_histogram id, double seconds)
+{
+    assert((unsigned)id < METRICS_N_HISTOGRAMS);
+    uint64_t us = 0;
+    /* !(x > 0) also catches NaN; the clamp keeps the conversion defined. */
+    if (seconds > 1e13) {
+        us = UINT64_C(10000000000000000000);
+    } else if (seconds > 0) {
+        us = (uint64_t)(seconds * 1e6 + 0.5);
+    }
+    size_t b = 0;
+    while (b < METRICS_N_BUCKETS && us > metrics_bounds_us[b]) {
+        b++;
+    }
+    struct metrics_hist *h = &metrics_hist_values[id];
+    atomic_fetch_add_explicit(&h->buckets[b].v, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us.v, us, memory_order_relaxed);
+}
+
+void metrics_reset(void)
+{
+    for (size_t i = 0; i < METRICS_N_COUNTERS; i++) {
+        atomic_store_explicit(&metrics_values[i].v, 0, memory_order_relaxed);
+    }
+    for (size_t i = 0; i < METRICS_N_HISTOGRAMS; i++) {
+        for (size_t b = 0; b <= METRICS_N_BUCKETS; b++) {
+            atomic_store_explicit(&metrics_hist_values[i].buckets[b].v, 0, memory_order_relaxed);
+        }
+        atomic_store_explicit(&metrics_hist_values[i].sum_us.v, 0, memory_order_relaxed);
+    }
+}
+
+static bool metrics_starts(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+enum metrics_counter metrics_session_end(const char *reason)
+{
+    static const struct {
+        const char *reason;
+        enum metrics_counter id;
+    } exact[] = {
+        {"quit", METRICS_SESSIONS_QUIT},
+        {"client-lost-in-data", METRICS_SESSIONS_CLIENT_LOST_IN_DATA},
+        {"timeout", METRICS_SESSIONS_TIMEOUT},
+        {"upstream-unreachable", METRICS_SESSIONS_UPSTREAM_UNREACHABLE},
+        {"upstream-timeout", METRICS_SESSIONS_UPSTREAM_TIMEOUT},
+        {"upstream-tls-failed", METRICS_SESSIONS_UPSTREAM_TLS_FAILED},
+        {"message-rejected", METRICS_SESSIONS_MESSAGE_REJECTED},
+        {"too-many-connections", METRICS_SESSIONS_TOO_MANY_CONNECTIONS},
+        {"shutdown", METRICS_SESSIONS_SHUTDOWN},
+        /* What session_back_failed() ends a session with besides "upstream-*": the
+         * connection broke outside TLS negotiation. */
+        {"bad-ehlo-reply", METRICS_SESSIONS_UPSTREAM_LOST},
+        {"ehlo-reply-too-long", METRICS_SESSIONS_UPSTREAM_LOST},
+        {"reply-line-too-long", METRICS_SESSIONS_UPSTREAM_LOST},
+        {"validation-failure", METRICS_SESSIONS_UPSTREAM_LOST},
+        {"handshake-timeout", METRICS_SESSIONS_UPSTREAM_LOST},
+    };
+    if (reason == NULL) {
+        return METRICS_SESSIONS_OTHER;
+    }
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
+        if (strcmp(reason, exact[i].reason) == 0) {
+            return exact[i].id;
+        }
+    }
+    /* client-closed, client-error, client-write-error, client-tls-error,
+     * client-tls-failed: the client ended or broke its connection. */
+    if (metrics_starts(reason, "client-")) {
+        return METRICS_SESSIONS_CLIENT_CLOSED;
+    }
+    /* upstream-closed, -error, -write-error, -tls-error, -421, -protocol-error,
+     * -replay-failed, and failures of a TLS upstream once relaying. */
+    if (metrics_starts(reason, "upstream-") || metrics_starts(reason, "tls-alert:") ||
+        metrics_starts(reason, "tls-error:") || metrics_starts(reason, "eof-") ||
+        metrics_starts(reason, "certificate-") || metrics_starts(reason, "starttls-") ||
+        metrics_starts(reason, "post-tls-")) {
+        return METRICS_SESSIONS_UPSTREAM_LOST;
+    }
+    return METRICS_SESSIONS_OTHER;
+}
+
+enum metrics_counter metrics_back_fallback_reason(const char *reason)
+{
+    static const struct {
+        const char *prefix; /* matches when the reason starts with it */
+        enum metrics_counter id;
+    } classes[] = {
+        /* Timeouts first: they share prefixes with other classes. */
+        {"starttls-reply-timeout", METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT},
+        {"handshake-timeout", METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT},
+        {"starttls-refused", METRICS_BACK_FALLBACK_STARTTLS_REFUSED},
+        {"starttls-bad-reply", METRICS_BACK_FALLBACK_STARTTLS_BAD_REPLY},
+        {"tls-alert", METRICS_BACK_FALLBACK_TLS_ALERT},
+        {"tls-error", METRICS_BACK_FALLBACK_TLS_ERROR},
+        {"upstream-tls-error", METRICS_BACK_FALLBACK_TLS_ERROR},
+        /* eof-after-220, eof-during-handshake, eof-after-starttls; an upstream that closed
+         * while STARTTLS was being negotiated. */
+        {"eof-", METRICS_BACK_FALLBACK_EOF},
+        {"upstream-closed", METRICS_BACK_FALLBACK_EOF},
+        {"post-tls-ehlo", METRICS_BACK_FALLBACK_POST_TLS_EHLO},
+        {"post-tls-eof", METRICS_BACK_FALLBACK_POST_TLS_EOF},
+        {"certificate", METRICS_BACK_FALLBACK_CERTIFICATE},
+        {"validation-failure", METRICS_BACK_FALLBACK_CERTIFICATE},
+    };
+    if (reason == NULL) {
+        return METRICS_BACK_FALLBACK_OTHER;
+    }
+    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
+        if (metrics_starts(reason, classes[i].prefix)) {
+            return classes[i].id;
+        }
+    }
+    return METRICS_BACK_FALLBACK_OTHER;
+}
+
+/* The renderer's output: counts every byte, stores those that fit (snprintf style). With
+ * |widest|, every number is written at its widest, to measure the bound. */
+struct metrics_out {
+    char *p;
+    size_t cap;
+    size_t len;
+    bool widest;
+};
+
+static void metrics_put(struct metrics_out *o, const char *s, size_t n)
+{
+    if (o->len < o->cap) {
+        size_t room = o->cap - o->len;
+        memcpy(o->p + o->len, s, n < room ? n : room);
+    }
+    o->len += n;
+}
+
+static void metrics_puts(struct metrics_out *o, const char *s)
+{
+    metrics_put(o, s, strlen(s));
+}
+
+static void metrics_put_u64(struct metrics_out *o, uint64_t v)
+{
+    char tmp[32];
+    int n = snprintf(tmp, sizeof(tmp), "%" PRIu64, o->widest ? UINT64_MAX : v);
+    metrics_put(o, tmp, (size_t)n);
+}
+
+static void metrics_put_i64(struct metrics_out *o, int64_t v)
+{
+    char tmp[32];
+    int n = snprintf(tmp, sizeof(tmp), "%" PRId64, o->widest ? INT64_MIN : v);
+    metrics_put(o, tmp, (size_t)n);
+}
+
+/* Microseconds as seconds with six decimals: exact, and no locale or float formatting. */
+static void metrics_put_us(struct metrics_out *o, uint64_t us)
+{
+    if (o->widest) {
+        us = UINT64_MAX;
+    }
+    char tmp[32];
+    int n = snprintf(tmp, sizeof(tmp), "%" PRIu64 ".%06" PRIu64, us / 1000000, us % 1000000);
+    metrics_put(o, tmp, (size_t)n);
+}
+
+static void metrics_put_family(struct metrics_out *o, const char *family, const char *help,
+                               const char *type)
+{
+    metrics_puts(o, "# HELP " METRICS_PREFIX);
+    metrics_puts(o, family);
+    metrics_puts(o, " ");
+    metrics_puts(o, help);
+    metrics_puts(o, "\n# TYPE " METRICS_PREFIX);
+    metrics_puts(o, family);
+    metrics_puts(o, " ");
+    metrics_puts(o, type);
+    metrics_puts(o, "\n");
+}
+
+static size_t metrics_render_to(struct metrics_out *o)
+{
+    for (size_t i = 0; i < METRICS_N_COUNTERS; i++) {
+        const struct metrics_series *m = &metrics_series[i];
+        if (i == 0 || strcmp(metrics_series[i - 1].family, m->family) != 0) {
+            metrics_put_family(o, m->family, m->help,
+                               m->type == METRICS_GAUGE ? "gauge" : "counter");
+        }
+        metrics_puts(o, METRICS_PREFIX);
+        metrics_puts(o, m->family);
+        if (m->labels != NULL) {
+            metrics_puts(o, "{");
+            metrics_puts(o, m->labels);
+            metrics_puts(o, "}");
+        }
+        metrics_puts(o, " ");
+        uint64_t v = atomic_load_explicit(&metrics_values[i].v, memory_order_relaxed);
+        if (m->type == METRICS_GAUGE) {
+            metrics_put_i64(o, (int64_t)v);
+        } else {
+            metrics_put_u64(o, v);
+        }
+        metrics_puts(o, "\n");
+    }
+    for (size_t i = 0; i < METRICS_N_HISTOGRAMS; i++) {
+        const char *family = metrics_hists[i].family;
+        struct metrics_hist *h = &metrics_hist_values[i];
+        metrics_put_family(o, family, metrics_hists[i].help, "histogram");
+        /* Read each bucket once and derive _count from them, so the text is consistent. */
+        uint64_t cumulative = 0;
+        for (size_t b = 0; b <= METRICS_N_BUCKETS; b++) {
+            cumulative += atomic_load_explicit(&h->buckets[b].v, memory_order_relaxed);
+            metrics_puts(o, METRICS_PREFIX);
+            metrics_puts(o, family);
+            metrics_puts(o, "_bucket{le=\"");
+            metrics_puts(o, metrics_bounds_text[b]);
+            metrics_puts(o, "\"} ");
+            metrics_put_u64(o, cumulative);
+            metrics_puts(o, "\n");
+        }
+        metrics_puts(o, METRICS_PREFIX);
+        metrics_puts(o, family);
+        metrics_puts(o, "_sum ");
+        metrics_put_us(o, atomic_load_explicit(&h->sum_us.v, memory_order_relaxed));
+        metrics_puts(o, "\n" METRICS_PREFIX);
+        metrics_puts(o, family);
+        metrics_puts(o, "_count ");
+        metrics_put_u64(o, cumulative);
+        metrics_puts(o, "\n");
+    }
+    if (o->cap > 0) {
+        o->p[o->len < o->cap ? o->len : o->cap - 1] = '\0';
+    }
+    return o->len;
+}
+
+size_t metrics_render(char *out, size_t out_cap)
+{
+    struct metrics_out o = {out, out_cap, 0, false};
+    return metrics_render_to(&o);
+}
+
+size_t metrics_render_max(void)
+{
+    struct metrics_out o = {NULL, 0, 0, true};
+    return metrics_render_to(&o) + 1;
+}
+
+/* RFC 9110 section 5.6.2: token characters, which a method is made of. */
+static bool metrics_http_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) {
+        return true;
+    }
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Judges a complete request line (without its line end). */
+static enum metrics_http_result metrics_http_request_line(bool *out_head, const char *line,
+                                                          size_t len)
+{
+    const char *sp1 = memchr(line, ' ', len);
+    if (sp1 == NULL || sp1 == line) {
+        return METRICS_HTTP_BAD_REQUEST;
+    }
+    size_t method_len = (size_t)(sp1 - line);
+    for (size_t i = 0; i < method_len; i++) {
+        if (!metrics_http_tchar((unsigned char)line[i])) {
+            return METRICS_HTTP_BAD_REQUEST;
+        }
+    }
+    const char *target = sp1 + 1;
+    const char *end = line + len;
+    const char *sp2 = memchr(target, ' ', (size_t)(end - target));
+    if (sp2 == NULL || sp2 == target) {
+        return METRICS_HTTP_BAD_REQUEST;
+    }
+    size_t target_len = (size_t)(sp2 - target);
+    for (size_t i = 0; i < target_len; i++) {
+        /* Visible US-ASCII only (RFC 9112 section 3.2; no spaces, no controls). */
+        if ((unsigned char)target[i] <= 0x20 || (unsigned char)target[i] >= 0x7f) {
+            return METRICS_HTTP_BAD_REQUEST;
+        }
+    }
+    const char *version = sp2 + 1;
+    size_t version_len = (size_t)(end - version);
+    if (version_len != 8 ||
+        (memcmp(version, "HTTP/1.1", 8) != 0 && memcmp(version, "HTTP/1.0", 8) != 0)) {
+        return METRICS_HTTP_BAD_REQUEST;
+    }
+
+    /* Absolute-form: a scheme, "://", an authority, then the path (empty means "/"). */
+    const char *path = target;
+    size_t path_len = target_len;
+    if (target[0] != '/') {
+        static const char http[] = "http://";
+        if (target_len < sizeof(http) - 1 || strncasecmp(target, http, sizeof(http) - 1) != 0) {
+            return METRICS_HTTP_BAD_REQUEST;
+        }
+        const char *authority = target + sizeof(http) - 1;
+        size_t rest = target_len - (sizeof(http) - 1);
+        path = memchr(authority, '/', rest);
+        path_len = path != NULL ? (size_t)(target + target_len - path) : 0;
+        if (path == authority) {
+            return METRICS_HTTP_BAD_REQUEST; /* no host */
+        }
+    }
+    const char *query = path_len > 0 ? memchr(path, '?', path_len) : NULL;
+    if (query != NULL) {
+        path_len = (size_t)(query - path);
+    }
+
+    bool get = method_len == 3 && memcmp(line, "GET", 3) == 0;
+    bool head = method_len == 4 && memcmp(line, "HEAD", 4) == 0;
+    if (!get && !head) {
+        return METRICS_HTTP_BAD_METHOD;
+    }
+    *out_head = head;
+    if (path_len == 8 && memcmp(path, "/metrics", 8) == 0) {
+        return METRICS_HTTP_METRICS;
+    }
+    return METRICS_HTTP_NOT_FOUND;
+}
+
+enum metrics_http_result metrics_http_parse(size_t *out_consumed, bool *out_head, const char *data,
+                                            size_t len)
+{
+    *out_consumed = 0;
+    *out_head = false;
+    size_t scan = len < METRICS_HTTP_HEAD_MAX ? len : METRICS_HTTP_HEAD_MAX;
+    size_t line_start = 0;
+    size_t request_line_len = 0;
+    size_t head_len = 0;
+    for (size_t i = 0; i < scan; i++) {
+        if (data[i] != '\n') {
+            continue;
+        }
+        size_t line_len = i - line_start;
+        if (line_len > 0 && data[i - 1] == '\r') {
+            line_len--;
+        }
+        if (line_start == 0) {
+            request_line_len = line_len;
+        }
+        if (line_len == 0) {
+            head_len = i + 1;
+            break;
+        }
+        line_start = i + 1;
+    }
+    if (head_len == 0) {
+        return len >= METRICS_HTTP_HEAD_MAX ? METRICS_HTTP_TOO_LARGE : METRICS_HTTP_NEED_MORE;
+    }
+    *out_consumed = head_len;
+    /* Decided only on a complete head, so that the answer cannot change with more bytes.
+     * NUL and bare CR are refused (RFC 9112 section 2.2): they split requests differently
+     * in different parsers, the root of request smuggling. */
+    for (size_t i = 0; i < head_len; i++) {
+        if (data[i] == '\0' || (data[i] == '\r' && data[i + 1] != '\n')) {
+            return METRICS_HTTP_BAD_REQUEST;
+        }
+    }
+    if (request_line_len == 0) {
+        return METRICS_HTTP_BAD_REQUEST;
+    }
+    return metrics_http_request_line(out_head, data, request_line_len);
+}
+
+int metrics_http_status(enum metrics_http_result result)
+{
+    switch (result) {
+    case METRICS_HTTP_METRICS:
+        return 200;
+    case METRICS_HTTP_NOT_FOUND:
+        return 404;
+    case METRICS_HTTP_BAD_METHOD:
+        return 405;
+    case METRICS_HTTP_BAD_REQUEST:
+        return 400;
+    case METRICS_HTTP_TOO_LARGE:
+        return 431;
+    case METRICS_HTTP_NEED_MORE:
+        break;
+    }
+    return 500;
+}
+
+static const char *metrics_http_reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Error";
+    }
+}
+
+size_t metrics_http_response(char *out, size_t out_cap, int status, size_t body_len)
+{
+    /* A status outside 100..999 would not be three digits; it is our bug, not input. */
+    assert(status >= 100 && status <= 999);
+    int n = snprintf(out, out_cap,
+                     "HTTP/1.1 %d %s\r\n"
+                     "Content-Type: text/plain;%s charset=utf-8\r\n"
+                     "Content-Length: %zu\r\n"
+                     "%s"
+                     "Connection: close\r\n"
+                     "\r\n",
+                     status, metrics_http_reason(status), status == 200 ? " version=0.0.4;" : "",
+                     body_len, status == 405 ? "Allow: GET, HEAD\r\n" : "");
+    assert(n > 0);
+    return (size_t)n;
+}

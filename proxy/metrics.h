@@ -1,0 +1,193 @@
+/*
+ * metrics: the process-wide counters, gauges and histograms, their Prometheus text
+ * exposition (format 0.0.4), and the minimal HTTP/1.x responder the metrics endpoint needs.
+ *
+ * Nothing here does I/O, allocates memory or logs. Updates are relaxed C11 atomics, safe
+ * from any worker thread without locks; the set of series is fixed at compile time.
+ */
+#ifndef PROXY_METRICS_H
+#define PROXY_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Every counter and gauge series, in exposition order. A labelled family is a run of ids,
+ * one per label value. Names below are Prometheus names without the "smtp_tls_proxy_"
+ * prefix (Prometheus forbids the dotted names STYLE.md suggests).
+ */
+enum metrics_counter {
+    METRICS_CONNECTIONS_CURRENT = 0, /* gauge connections_current: open front connections */
+    METRICS_CONNECTIONS,             /* connections_total: accepted front connections */
+    METRICS_CONNECTIONS_REFUSED,     /* connections_refused_total: over max_connections */
+    /* sessions_total{end=...}: sessions by how they ended (metrics_session_end()) */
+    METRICS_SESSIONS_QUIT,
+    METRICS_SESSIONS_CLIENT_CLOSED,
+    METRICS_SESSIONS_CLIENT_LOST_IN_DATA,
+    METRICS_SESSIONS_TIMEOUT,
+    METRICS_SESSIONS_UPSTREAM_UNREACHABLE,
+    METRICS_SESSIONS_UPSTREAM_LOST,
+    METRICS_SESSIONS_UPSTREAM_TIMEOUT,
+    METRICS_SESSIONS_UPSTREAM_TLS_FAILED,
+    METRICS_SESSIONS_MESSAGE_REJECTED,
+    METRICS_SESSIONS_TOO_MANY_CONNECTIONS,
+    METRICS_SESSIONS_SHUTDOWN,
+    METRICS_SESSIONS_OTHER,
+    METRICS_MESSAGES,  /* messages_total: upstream answered 2xx to the end of DATA */
+    METRICS_BYTES_IN,  /* bytes_total{direction="in"}: received from clients */
+    METRICS_BYTES_OUT, /* bytes_total{direction="out"}: received from upstreams */
+    /* front_starttls_total{result=...}: leg 1 STARTTLS */
+    METRICS_FRONT_STARTTLS_OFFERED,
+    METRICS_FRONT_STARTTLS_USED,
+    METRICS_FRONT_STARTTLS_FAILED,
+    METRICS_FRONT_STARTTLS_HIDDEN, /* not offered: the client is remembered as failing */
+    METRICS_FRONT_LEARNED,         /* front_learned_total: clients added to the memory */
+    METRICS_BACK_TLS_USED,         /* back_tls_total{result="used"}: leg 2 in TLS */
+    /* back_tls_fallback_total{reason=...}: leg 2 TLS failed (metrics_back_fallback_reason()) */
+    METRICS_BACK_FALLBACK_STARTTLS_REFUSED,
+    METRICS_BACK_FALLBACK_STARTTLS_BAD_REPLY,
+    METRICS_BACK_FALLBACK_TLS_ALERT,
+    METRICS_BACK_FALLBACK_TLS_ERROR,
+    METRICS_BACK_FALLBACK_EOF,
+    METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT,
+    METRICS_BACK_FALLBACK_POST_TLS_EHLO,
+    METRICS_BACK_FALLBACK_POST_TLS_EOF,
+    METRICS_BACK_FALLBACK_CERTIFICATE,
+    METRICS_BACK_FALLBACK_OTHER,
+    METRICS_BACK_REMEMBERED_SKIPS,   /* back_tls_remembered_skips_total: STARTTLS skipped */
+    METRICS_BACK_REQUIRE_FAILURES,   /* back_tls_require_failures_total: require, no TLS */
+    METRICS_FRONT_LEARNED_ENTRIES,   /* gauge front_learned_entries */
+    METRICS_BACK_REMEMBERED_ENTRIES, /* gauge back_remembered_entries */
+    METRICS_N_COUNTERS,
+};
+
+/* Histograms, in exposition order, all in seconds. */
+enum metrics_histogram {
+    METRICS_FRONT_HANDSHAKE_SECONDS = 0, /* leg 1 TLS handshake, STARTTLS reply to done */
+    METRICS_BACK_HANDSHAKE_SECONDS,      /* leg 2 TLS handshake, successful ones */
+    METRICS_SESSION_SECONDS,             /* accept to close */
+    METRICS_N_HISTOGRAMS,
+};
+
+/* The finite buckets' upper bounds (le), in seconds: 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+ * 0.5, 1, 2.5, 5, 10, 30, 60, 300; a last bucket, +Inf, catches the rest. */
+#define METRICS_N_BUCKETS 14
+
+/*
+ * The most bytes metrics_render() ever needs, its terminating NUL included: every value at
+ * its widest (20 digits, or "-9223372036854775808" for a gauge). A buffer this size always
+ * holds the whole text; test_metrics checks that it matches metrics_render_max().
+ */
+#define METRICS_RENDER_MAX 8908
+
+/* metrics_inc adds 1 to the counter |id|. */
+void metrics_inc(enum metrics_counter id);
+
+/* metrics_add adds |n| to the counter |id| (wraps at 2^64, as Prometheus expects resets). */
+void metrics_add(enum metrics_counter id, uint64_t n);
+
+/* metrics_gauge_add adds |delta| (possibly negative) to the gauge |id|. Pair each +1 with
+ * its -1 in matching functions. */
+void metrics_gauge_add(enum metrics_counter id, int64_t delta);
+
+/* metrics_gauge_set sets the gauge |id| to |value| (sizes sampled just before rendering,
+ * like the learned-failure memories). */
+void metrics_gauge_set(enum metrics_counter id, int64_t value);
+
+/* metrics_get returns the current value of the counter or gauge |id| (a gauge's int64_t
+ * bits as uint64_t). */
+uint64_t metrics_get(enum metrics_counter id);
+
+/*
+ * metrics_observe records one duration of |seconds| in histogram |id|. The value is
+ * rounded to whole microseconds (the sum is kept as an atomic integer of microseconds);
+ * negative values and NaN count as 0, and values above 10^13 s are clamped.
+ */
+void metrics_observe(enum metrics_histogram id, double seconds);
+
+/* metrics_reset sets every series back to 0. For tests only: not atomic as a whole. */
+void metrics_reset(void);
+
+/*
+ * metrics_session_end maps the proxy's end reason of a session ("quit", "client-closed",
+ * "upstream-421", "tls-alert:...", ...; NULL allowed) to its sessions_total series;
+ * unknown reasons map to METRICS_SESSIONS_OTHER.
+ */
+enum metrics_counter metrics_session_end(const char *reason);
+
+/*
+ * metrics_back_fallback_reason maps a leg 2 TLS failure reason ("starttls-refused-454",
+ * "tls-alert:handshake failure", "eof-after-220", "post-tls-ehlo-timeout", ...; NULL
+ * allowed) to its back_tls_fallback_total series; unknown reasons map to
+ * METRICS_BACK_FALLBACK_OTHER. A timeout counts where it happened: "handshake-timeout"
+ * and "starttls-reply-timeout" as handshake-timeout, "post-tls-ehlo-timeout" as
+ * post-tls-ehlo.
+ */
+enum metrics_counter metrics_back_fallback_reason(const char *reason);
+
+/*
+ * metrics_render writes the exposition text (Prometheus text format 0.0.4: "# HELP" and
+ * "# TYPE" once per family, then its series; histograms as cumulative _bucket{le=...},
+ * _sum and _count) into |out|, in a fixed order. Like snprintf: returns the length of the
+ * whole text (without its NUL); the text is complete and NUL-terminated iff the return is
+ * < |out_cap|, else |out| holds a NUL-terminated prefix (nothing if out_cap is 0, when out
+ * may be NULL) and the caller may retry with return + 1 bytes. Never more than
+ * METRICS_RENDER_MAX - 1. Values are read one by one, so concurrent updates may show in
+ * some series and not others; a histogram's _count always equals its +Inf bucket.
+ */
+size_t metrics_render(char *out, size_t out_cap);
+
+/* metrics_render_max returns the buffer size that always suffices for metrics_render()
+ * (computed from the fixed text with every value at its widest). */
+size_t metrics_render_max(void);
+
+/* The longest request head accepted, request line, headers and the blank line included. */
+#define METRICS_HTTP_HEAD_MAX 4096
+/* The most bytes metrics_http_response() writes, its NUL included. */
+#define METRICS_HTTP_RESPONSE_MAX 256
+
+enum metrics_http_result {
+    METRICS_HTTP_NEED_MORE = 0, /* no blank line yet: call again with more bytes */
+    METRICS_HTTP_METRICS,       /* GET or HEAD /metrics: answer 200 */
+    METRICS_HTTP_NOT_FOUND,     /* GET or HEAD of another target: 404 */
+    METRICS_HTTP_BAD_METHOD,    /* a well-formed request with another method: 405 */
+    METRICS_HTTP_BAD_REQUEST,   /* not a well-formed HTTP/1.0 or 1.1 request head: 400 */
+    METRICS_HTTP_TOO_LARGE,     /* no end of head in METRICS_HTTP_HEAD_MAX bytes: 431 */
+};
+
+/*
+ * metrics_http_parse reads the request head at the start of |data|, the |len| bytes
+ * received so far on a connection (call it again with all of them as more arrive). The
+ * head ends at the first empty line ("\r\n" or "\n"). Only the request line is judged:
+ * METHOD SP target SP HTTP/1.0|HTTP/1.1, single spaces, case-sensitive. Methods GET and
+ * HEAD are served; other tokens (including "get") are BAD_METHOD. The target is
+ * origin-form ("/metrics"), or absolute-form ("http://host/metrics", which RFC 9112 says
+ * servers must accept) whose path is used; a query ("/metrics?x") is ignored; no
+ * percent-decoding ("/%6detrics" is NOT_FOUND). Headers are skipped unread, a body is
+ * never read (the response closes the connection). NUL or a CR not followed by LF anywhere
+ * in the head, a blank first line, or any other deviation is BAD_REQUEST.
+ *
+ * *out_consumed is the head's length (1..METRICS_HTTP_HEAD_MAX) when the head was
+ * complete, else 0. *out_head is true for METRICS and NOT_FOUND when the method was
+ * HEAD (answer without a body), else false. Once the result is not NEED_MORE it stays the same
+ * for any bytes that extend |data|; NEED_MORE never comes once len >= METRICS_HTTP_HEAD_MAX.
+ */
+enum metrics_http_result metrics_http_parse(size_t *out_consumed, bool *out_head, const char *data,
+                                            size_t len);
+
+/* metrics_http_status returns the HTTP status for a result other than NEED_MORE: 200,
+ * 404, 405, 400 or 431 (and 500 for NEED_MORE, which has none). */
+int metrics_http_status(enum metrics_http_result result);
+
+/*
+ * metrics_http_response writes an HTTP/1.1 response head into |out|: status line (|status|
+ * is 100..999; 200, 400, 404, 405, 408, 431, 500 and 503 get their reason phrases, others
+ * "Error"), Content-Type (text/plain; version=0.0.4; charset=utf-8 for 200, text/plain;
+ * charset=utf-8 otherwise), Content-Length |body_len|, "Allow: GET, HEAD" for 405,
+ * Connection: close, and the blank line. The body, if any, is the caller's. Returns and
+ * terminates like metrics_render(); never more than METRICS_HTTP_RESPONSE_MAX - 1.
+ */
+size_t metrics_http_response(char *out, size_t out_cap, int status, size_t body_len);
+
+#endif
