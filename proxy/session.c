@@ -246,6 +246,8 @@ struct session {
     unsigned back_caps;    /* enum smtp_cap flags of the last EHLO reply */
 
     uint64_t started_ms;
+    uint64_t deadline;  /* when the session times out (loop time, ms) */
+    uint64_t timer_due; /* when the libuv timer fires; never after |deadline| */
     uint64_t messages;
     const char *end_reason;
     struct sockaddr_storage front_sa;
@@ -715,6 +717,21 @@ static void session_update_reading(struct session *s)
 
 static void session_on_timeout(uv_timer_t *timer);
 
+/*
+ * session_timer_set sets the session's one deadline to |ms| from now. Activity moves it
+ * on every read, so the libuv timer is only re-armed when the deadline comes earlier than
+ * the timer's; a timer that fires before the deadline is re-armed by session_on_timeout.
+ */
+static void session_timer_set(struct session *s, uint64_t ms)
+{
+    uint64_t now = uv_now(&s->worker->loop);
+    s->deadline = now + ms;
+    if (!uv_is_active((uv_handle_t *)&s->timer) || s->deadline < s->timer_due) {
+        s->timer_due = s->deadline;
+        uv_timer_start(&s->timer, session_on_timeout, ms, 0);
+    }
+}
+
 /* session_arm_timer picks the timeout for what the session waits for now (RFC 5321
  * section 4.5.3.2). */
 static void session_arm_timer(struct session *s)
@@ -764,7 +781,7 @@ static void session_arm_timer(struct session *s)
     case SESSION_CLOSING:
         return; /* session_after_io sets one deadline for closing */
     }
-    uv_timer_start(&s->timer, session_on_timeout, ms, 0);
+    session_timer_set(s, ms);
 }
 
 /* session_after_io runs at the end of every callback: flush, adjust reading, re-arm. */
@@ -781,8 +798,7 @@ static void session_after_io(struct session *s)
          * nor closes is cut off after it. */
         if (!s->closing_timed && !uv_is_closing((uv_handle_t *)&s->timer)) {
             s->closing_timed = true;
-            uv_timer_start(&s->timer, session_on_timeout,
-                           s->shutting_down ? SESSION_SHUTDOWN_LINGER_MS : SESSION_LINGER_MS, 0);
+            session_timer_set(s, s->shutting_down ? SESSION_SHUTDOWN_LINGER_MS : SESSION_LINGER_MS);
         }
         session_closing_progress(s);
         if (s->front.open) {
@@ -915,6 +931,22 @@ static void session_forward_line(struct session *s, const char *line, size_t len
     session_push(s, kind, 0);
 }
 
+/*
+ * session_refuse_command answers a well-formed command locally. A refused BDAT still has
+ * its chunk coming (RFC 3030 section 2): it is read and thrown away, never parsed as
+ * commands, and never reaches the upstream, which could read it as commands.
+ */
+static void session_refuse_command(struct session *s, const struct smtp_command *cmd,
+                                   enum session_local_reply reply)
+{
+    if (cmd->verb == SMTP_VERB_BDAT) {
+        s->front_mode = SESSION_FRONT_CHUNK;
+        s->chunk_left = cmd->bdat_size;
+        s->chunk_discard = true;
+    }
+    session_reply_locally(s, reply);
+}
+
 /* session_front_command handles one complete command line (ending removed). */
 static void session_front_command(struct session *s, const char *line, size_t len)
 {
@@ -967,14 +999,14 @@ static void session_front_command(struct session *s, const char *line, size_t le
                          cmd.verb == SMTP_VERB_NOOP || cmd.verb == SMTP_VERB_RSET ||
                          cmd.verb == SMTP_VERB_QUIT;
     if (s->need_ehlo && !greeting_verb) {
-        session_reply_locally(s, SESSION_LOCAL_EHLO_FIRST);
+        session_refuse_command(s, &cmd, SESSION_LOCAL_EHLO_FIRST);
         return;
     }
     /* require = on (submission-style listeners only: RFC 3207 section 4 forbids it on a
      * public port 25). */
     if (s->conf->front_tls.require && !s->front.tls_active && !greeting_verb &&
         cmd.verb != SMTP_VERB_STARTTLS) {
-        session_reply_locally(s, SESSION_LOCAL_TLS_REQUIRED);
+        session_refuse_command(s, &cmd, SESSION_LOCAL_TLS_REQUIRED);
         return;
     }
     switch (cmd.verb) {
@@ -1007,14 +1039,13 @@ static void session_front_command(struct session *s, const char *line, size_t le
         s->wait_data_reply = true;
         break;
     case SMTP_VERB_BDAT:
-        s->front_mode = SESSION_FRONT_CHUNK;
-        s->chunk_left = cmd.bdat_size;
-        /* Without CHUNKING upstream the chunk would be read there as commands: answer
-         * here and swallow it (RFC 3030 section 2: the chunk is read even when refused). */
-        s->chunk_discard = (s->back_caps & SMTP_CAP_CHUNKING) == 0;
-        if (s->chunk_discard) {
-            session_reply_locally(s, SESSION_LOCAL_BDAT_UNSUPPORTED);
+        /* Without CHUNKING upstream the chunk would be read there as commands. */
+        if ((s->back_caps & SMTP_CAP_CHUNKING) == 0) {
+            session_refuse_command(s, &cmd, SESSION_LOCAL_BDAT_UNSUPPORTED);
         } else {
+            s->front_mode = SESSION_FRONT_CHUNK;
+            s->chunk_left = cmd.bdat_size;
+            s->chunk_discard = false;
             session_forward_line(s, line, len,
                                  cmd.bdat_last ? SESSION_PENDING_BDAT_LAST : SESSION_PENDING_BDAT);
         }
@@ -1086,7 +1117,7 @@ static void session_front_tls_begin(struct session *s)
         return;
     }
     s->front.tls_started = true;
-    uv_timer_start(&s->timer, session_on_timeout, s->conf->timeouts.tls_handshake_ms, 0);
+    session_timer_set(s, s->conf->timeouts.tls_handshake_ms);
 }
 
 /* session_front_tls_failed records a failed leg-1 handshake: the address is learned, so
@@ -1798,7 +1829,7 @@ static void session_back_tls_begin(struct session *s)
     }
     s->back.tls_started = true;
     s->back_bytes_at_220 = s->back.bytes_read;
-    uv_timer_start(&s->timer, session_on_timeout, c->timeouts.tls_handshake_ms, 0);
+    session_timer_set(s, c->timeouts.tls_handshake_ms);
     session_back_tls_input(s);
 }
 
@@ -2451,6 +2482,12 @@ static void session_back_start(struct session *s)
 static void session_on_timeout(uv_timer_t *timer)
 {
     struct session *s = timer->data;
+    uint64_t now = uv_now(&s->worker->loop);
+    if (now < s->deadline) {
+        s->timer_due = s->deadline;
+        uv_timer_start(&s->timer, session_on_timeout, s->deadline - now, 0);
+        return;
+    }
     switch (s->state) {
     case SESSION_BACK_RESOLVING:
         log_warn(s->id, "upstream-timeout", "upstream=%s phase=resolve", s->conf->upstream.host);

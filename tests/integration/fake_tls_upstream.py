@@ -22,8 +22,9 @@ the client sends STARTTLS (or, for the post-TLS modes, after the handshake):
   handshake-timeout      220, read the ClientHello, then silence until the client closes
   tls13-intolerant       220, peek the ClientHello (MSG_PEEK): close when it offers TLS 1.3
                          (supported_versions 0x002b with 0x0304), else a normal handshake
-  post-tls-ehlo-403      TLS works, the EHLO inside TLS gets "403 4.7.0 TLS handshake failed"
-  post-tls-ehlo-554      TLS works, the EHLO inside TLS gets "554 5.7.0 ..."
+  post-tls-ehlo-403      TLS works, the EHLO (or HELO) inside TLS gets "403 4.7.0 TLS handshake
+                         failed"
+  post-tls-ehlo-554      likewise with "554 5.7.0 ..."
   post-tls-close         TLS works, then the server closes right after the handshake
   response-injection     "220 go ahead\\r\\n250 injected\\r\\n" in one write, then TLS works
   no-starttls            STARTTLS is never advertised (and refused with 502 if sent)
@@ -403,13 +404,14 @@ class TlsFakeUpstream:
         verb = line.split(b" ", 1)[0].upper()
         arg = line[5:] if len(line) > 5 else b""
         in_tls = conn.tls_version is not None
-        if verb == b"EHLO":
-            if in_tls and conn.mode == "post-tls-ehlo-403":
+        if verb in (b"EHLO", b"HELO") and in_tls and conn.mode.startswith("post-tls-ehlo-"):
+            # The greeting command inside TLS (EHLO, or HELO for a HELO client) fails.
+            if conn.mode == "post-tls-ehlo-403":
                 io.send(b"403 4.7.0 TLS handshake failed\r\n")
-            elif in_tls and conn.mode == "post-tls-ehlo-554":
-                io.send(b"554 5.7.0 TLS handshake failed, go away\r\n")
             else:
-                io.send(self._ehlo_reply(conn, arg, in_tls))
+                io.send(b"554 5.7.0 TLS handshake failed, go away\r\n")
+        elif verb == b"EHLO":
+            io.send(self._ehlo_reply(conn, arg, in_tls))
         elif verb == b"HELO":
             io.send(b"250 fake.test\r\n")
         elif verb == b"MAIL" and in_tls and conn.mode == "tls-break-at-mail":

@@ -167,17 +167,21 @@ def expect_421_470(port, up):
                        for cmd in conn.commands), up.describe()
 
 
-@pytest.mark.parametrize("mode", ["refuse-454", "no-starttls", "eof-after-220",
-                                  "post-tls-ehlo-403", "handshake-timeout"])
-def test_require_failure_gives_421(make_tls_fake, make_proxy, mode):
+@pytest.mark.parametrize("mode,reason", [("refuse-454", "454"),
+                                         ("no-starttls", "not-supported"),
+                                         ("eof-after-220", "eof"),
+                                         ("post-tls-ehlo-403", "403"),
+                                         ("handshake-timeout", "timeout")])
+def test_require_failure_gives_421(make_tls_fake, make_proxy, mode, reason):
     up = make_tls_fake(mode)
     proxy = make_proxy(up.addr, back_extra(upstream_tls={"starttls": "require"}))
     expect_421_470(proxy.port, up)
     # No cleartext retry connection with require.
     assert len(up.conns()) == 1, up.describe()
     [line] = wait_session_lines(proxy, 1)
-    print(line["_line"])
-    assert line.get("end") != "quit", line["_line"]
+    assert line.get("end") != "quit" and line.get("messages") == "0", line["_line"]
+    why = line.get("back_tls_reason", "") + " " + line.get("back_tls_note", "")
+    assert reason in why, line["_line"]
 
 
 def test_require_smtplib_sees_421(make_tls_fake, make_proxy):

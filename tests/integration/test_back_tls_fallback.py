@@ -317,6 +317,56 @@ def test_ladder_client_cert_disliked_retries_without_it(make_tls_fake, make_prox
     assert_back_tls(line, "TLSv1.3")
 
 
+def test_ladder_client_cert_then_tls12(make_tls_fake, make_proxy, back_certs):
+    """Client certificate configured, TLS 1.3 intolerant server: TLS 1.3 with the
+    certificate fails, TLS 1.3 without it fails, TLS 1.2 works: three connections."""
+    up = make_tls_fake("tls13-intolerant")
+    cert, key = back_certs["client"]
+    proxy = make_proxy(up.addr, back_extra(upstream_tls={
+        "fallback_steps": "no-client-cert, tls12, cleartext",
+        "certificate": cert, "key": key}))
+    msg = body("cert then tls12")
+    assert_normal_session(smtplib_send(proxy.port, msg))
+    m = assert_delivered_once(up, msg, "TLSv1.2")
+    conns = up.conns()
+    assert [c.hello_max for c in conns] == ["TLSv1.3", "TLSv1.3", "TLSv1.2"], up.describe()
+    assert m.conn is conns[2]
+    assert_back_tls(wait_session_lines(proxy, 1)[0], "TLSv1.2")
+
+
+def test_ladder_without_no_client_cert_step(make_tls_fake, make_proxy, back_certs):
+    """fallback_steps = tls12, cleartext: the disliked certificate is presented again with
+    TLS 1.2 (and fails again), then cleartext: three connections, no TLS without the
+    certificate."""
+    up = make_tls_fake("client-cert-disliked")
+    cert, key = back_certs["client"]
+    proxy = make_proxy(up.addr, back_extra(upstream_tls={
+        "fallback_steps": "tls12, cleartext", "certificate": cert, "key": key}))
+    msg = body("no no-client-cert")
+    assert_normal_session(smtplib_send(proxy.port, msg))
+    m = assert_delivered_once(up, msg, None)
+    conns = up.conns()
+    assert [c.hello_max for c in conns] == ["TLSv1.3", "TLSv1.2", None], up.describe()
+    assert all(c.tls_version is None for c in conns), up.describe()
+    assert m.conn is conns[2]
+
+
+def test_retry_greeting_is_swallowed(make_tls_fake, make_proxy):
+    """The client sees the first connection's greeting only; the retry's 220 is not
+    relayed (it would be read as the reply to the client's EHLO)."""
+    up = make_tls_fake("post-tls-close", retry_greeting=b"220 retry.test ESMTP second\r\n")
+    proxy = make_proxy(up.addr, back_extra())
+    with harness.SmtpConn("127.0.0.1", proxy.port) as c:
+        g = c.greeting()
+        assert g.raw == b"220 fake.test ESMTP fake-tls\r\n", g
+        r = c.cmd(f"EHLO {CLIENT_NAME}")
+        assert r.code == 250 and "retry.test" not in r.text, r
+        assert c.cmd("NOOP").raw == b"250 2.0.0 Ok\r\n"
+        assert c.cmd("QUIT").code == 221
+    up.wait_all_closed()
+    assert len(up.conns()) == 2, up.describe()
+
+
 def test_client_cert_accepted_is_used(make_tls_fake, make_proxy, back_certs):
     """The server asks for a certificate and trusts our client CA: one connection, TLS with
     our certificate presented."""
@@ -348,7 +398,8 @@ def test_retry_greeting_not_220_gives_421(make_tls_fake, make_proxy):
     assert not any(b"MAIL" in cmd.upper() for c in up.conns() for cmd in c.commands)
 
 
-@pytest.mark.parametrize("mode", ["tls-ok", "eof-after-220", "no-starttls"])
+@pytest.mark.parametrize("mode", ["tls-ok", "eof-after-220", "refuse-454",
+                                  "post-tls-ehlo-403", "no-starttls"])
 def test_helo_client(make_tls_fake, make_proxy, mode):
     """A HELO client: EHLO probes upstream; inside TLS the proxy sends HELO; the client gets
     a one-line 250 whatever leg 2 does."""
@@ -373,8 +424,12 @@ def test_helo_client(make_tls_fake, make_proxy, mode):
         assert conn.tls_commands[0] == f"HELO {CLIENT_NAME}".encode(), conn
         assert conn.cleartext_commands[0].upper() == f"EHLO {CLIENT_NAME}".upper().encode()
         assert_back_tls(wait_session_lines(proxy, 1)[0], "TLSv1.3")
+    elif mode == "refuse-454":
+        [conn] = up.conns()  # the refusal: same connection, HELO after it
+        assert conn.verbs()[:3] == ["EHLO", "STARTTLS", "HELO"], conn
     else:
         assert m.conn.starttls == 0
+        assert m.conn.verbs()[0] in ("EHLO", "HELO"), up.describe()
 
 
 # --------------------------------------------------------------------------------------

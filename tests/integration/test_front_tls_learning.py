@@ -8,6 +8,7 @@ from several loopback addresses (127.0.0.2, 127.0.0.3, ...: Linux routes 127/8 t
 """
 
 import re
+import signal
 import smtplib
 import ssl
 import time
@@ -355,3 +356,19 @@ def test_learn_memory_keeps_the_newest_entries(aio_upstream, make_proxy, front_c
     offered = {source: offered_to(connect, proxy.port, source) for source in sources}
     assert offered == {"127.0.0.2": True, "127.0.0.3": True, "127.0.0.4": True,
                        "127.0.0.5": False, "127.0.0.6": False, "127.0.0.7": False}, offered
+
+
+def test_learned_failures_survive_sighup(aio_upstream, make_proxy, front_certs, connect,
+                                         sclient):
+    """SIGHUP re-reads certificate files; what was learned stays learned."""
+    proxy = learning_proxy(make_proxy, aio_upstream, front_certs)
+    fail_handshake("garbage", connect, sclient, proxy.port, "127.0.0.2")
+    proxy.wait_event("front-tls-learned", client=addr_re("127.0.0.2"))
+    assert not offered_to(connect, proxy.port, "127.0.0.2")
+    before = len(proxy.events("front-tls-reloaded"))
+    proxy.signal(signal.SIGHUP)
+    harness.wait_for(lambda: len(proxy.events("front-tls-reloaded")) > before, 10,
+                     what="front-tls-reloaded")
+    assert proxy.running()
+    assert not offered_to(connect, proxy.port, "127.0.0.2")
+    assert offered_to(connect, proxy.port, "127.0.0.3")
