@@ -251,9 +251,12 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
         return;
     }
     if (conf->workers != old->workers || (conf->user == NULL) != (old->user == NULL) ||
-        conf->mode != old->mode) {
+        conf->mode != old->mode || conf->metrics_enabled != old->metrics_enabled ||
+        (conf->metrics_enabled &&
+         !listener_same_addr(&conf->metrics_listen, &old->metrics_listen))) {
         log_warn(0, "reload-restart-needed",
-                 "keys=\"workers, user, mode\" note=\"changes to these take effect at restart\"");
+                 "keys=\"workers, user, mode, [metrics] listen\" "
+                 "note=\"changes to these take effect at restart\"");
     }
     bool self_signed;
     struct runtime *fresh = main_runtime(err, sizeof(err), &self_signed, conf);
@@ -395,6 +398,16 @@ int main(int argc, char **argv)
         log_fatal("%s", err);
         return 1;
     }
+    int metrics_fd = -1;
+    if (conf->metrics_enabled) {
+        metrics_fd = listener_bind(&conf->metrics_listen, false);
+        if (metrics_fd < 0) {
+            log_fatal("%s: listen: cannot listen on %s:%u for metrics: %s", conf->path,
+                      conf->metrics_listen.host, (unsigned)conf->metrics_listen.port,
+                      strerror(-metrics_fd));
+            return 1;
+        }
+    }
     if (main_drop_privileges(conf) != 0) {
         return 1;
     }
@@ -411,6 +424,10 @@ int main(int argc, char **argv)
     static struct worker workers[MAIN_WORKERS_MAX];
     for (unsigned w = 0; w < n_workers; w++) {
         int rc = worker_init(&workers[w], w, runtime_ref(runtime), &shared, fds[w]);
+        if (rc == 0 && w == 0 && metrics_fd >= 0 &&
+            worker_serve_metrics(&workers[w], metrics_fd) != 0) {
+            rc = UV_EINVAL;
+        }
         if (rc == 0) {
             rc = worker_start(&workers[w]);
         }

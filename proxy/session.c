@@ -27,6 +27,7 @@
 #include "conf.h"
 #include "learn.h"
 #include "log.h"
+#include "metrics.h"
 #include "runtime.h"
 #include "smtp.h"
 #include "tlsio.h"
@@ -246,8 +247,9 @@ struct session {
     unsigned back_caps;    /* enum smtp_cap flags of the last EHLO reply */
 
     uint64_t started_ms;
-    uint64_t deadline;  /* when the session times out (loop time, ms) */
-    uint64_t timer_due; /* when the libuv timer fires; never after |deadline| */
+    uint64_t tls_started_ms; /* the handshake under way began (either leg: never both) */
+    uint64_t deadline;       /* when the session times out (loop time, ms) */
+    uint64_t timer_due;      /* when the libuv timer fires; never after |deadline| */
     uint64_t messages;
     const char *end_reason;
     struct sockaddr_storage front_sa;
@@ -339,6 +341,33 @@ static void session_format_addr(char *out, size_t out_size, const struct sockadd
 
 /* ---- lifetime ---------------------------------------------------------------------- */
 
+/* session_count_end counts a finished session in the metrics. */
+static void session_count_end(const struct session *s, uint64_t duration_ms)
+{
+    metrics_inc(metrics_session_end(s->end_reason));
+    metrics_add(METRICS_BYTES_IN, s->front.bytes_read);
+    metrics_add(METRICS_BYTES_OUT, s->back.bytes_read);
+    metrics_observe(METRICS_SESSION_SECONDS, (double)duration_ms / 1000.0);
+    switch (s->front_starttls) {
+    case SESSION_STARTTLS_USED:
+        metrics_inc(METRICS_FRONT_STARTTLS_OFFERED);
+        metrics_inc(METRICS_FRONT_STARTTLS_USED);
+        break;
+    case SESSION_STARTTLS_FAILED:
+        metrics_inc(METRICS_FRONT_STARTTLS_OFFERED);
+        metrics_inc(METRICS_FRONT_STARTTLS_FAILED);
+        break;
+    case SESSION_STARTTLS_OFFERED:
+        metrics_inc(METRICS_FRONT_STARTTLS_OFFERED);
+        break;
+    case SESSION_STARTTLS_HIDDEN:
+        metrics_inc(METRICS_FRONT_STARTTLS_HIDDEN);
+        break;
+    case SESSION_STARTTLS_NOT_OFFERED:
+        break;
+    }
+}
+
 static void session_free(struct session *s)
 {
     uint64_t duration_ms = uv_now(&s->worker->loop) - s->started_ms;
@@ -393,7 +422,9 @@ static void session_free(struct session *s)
     }
     if (s->counted) {
         worker_connections--;
+        metrics_gauge_add(METRICS_CONNECTIONS_CURRENT, -1);
     }
+    session_count_end(s, duration_ms);
     runtime_unref(s->runtime);
     free(s);
 }
@@ -1117,6 +1148,7 @@ static void session_front_tls_begin(struct session *s)
         return;
     }
     s->front.tls_started = true;
+    s->tls_started_ms = uv_now(&s->worker->loop);
     session_timer_set(s, s->conf->timeouts.tls_handshake_ms);
 }
 
@@ -1136,6 +1168,7 @@ static void session_front_tls_failed(struct session *s, const char *reason)
     }
     if (c->front_tls.learn_failures && !always &&
         learn_add(learned, (const struct sockaddr *)&s->front_sa, uv_hrtime() / 1000000)) {
+        metrics_inc(METRICS_FRONT_LEARNED);
         log_info(s->id, "front-tls-learned", "client=%s ttl_ms=%" PRIu64 " entries=%zu",
                  s->front_addr, c->front_tls.learn_ttl_ms, learn_count(learned));
     }
@@ -1220,6 +1253,8 @@ static bool session_front_tls_input(struct session *s)
         s->need_ehlo = true;
         s->in_transaction = false;
         s->auth_continuation = false;
+        metrics_observe(METRICS_FRONT_HANDSHAKE_SECONDS,
+                        (double)(uv_now(&s->worker->loop) - s->tls_started_ms) / 1000.0);
         log_info(s->id, "front-tls", "client=%s version=%s cipher=%s", s->front_addr,
                  tlsio_version(&side->tls), tlsio_cipher(&side->tls));
         session_enter(s, SESSION_RELAY);
@@ -1456,6 +1491,7 @@ static void session_reply_done(struct session *s, enum session_pending_kind kind
         s->replay_ok = s->back.tls_active;
         if (code >= 200 && code < 300) {
             s->messages++;
+            metrics_inc(METRICS_MESSAGES);
         }
         break;
     case SESSION_PENDING_MAIL:
@@ -1657,6 +1693,9 @@ static void session_back_negotiate(struct session *s, const char *line, size_t l
         skip = "policy-off";
     }
     if (skip != NULL) {
+        if (strcmp(skip, "remembered") == 0) {
+            metrics_inc(METRICS_BACK_REMEMBERED_SKIPS);
+        }
         snprintf(s->back_tls_reason, sizeof(s->back_tls_reason), "%s", skip);
         return; /* the line goes up as it is */
     }
@@ -1714,6 +1753,7 @@ static void session_back_go_cleartext(struct session *s, struct buf *reply, int 
 
 static void session_back_fail_required(struct session *s, const char *reason)
 {
+    metrics_inc(METRICS_BACK_REQUIRE_FAILURES);
     log_warn(s->id, "back-tls-required-failed", "upstream=%s reason=\"%s\"", s->back_addr, reason);
     session_finish(s, "upstream-tls-failed", "421 4.7.0",
                    "TLS to the upstream failed, try again later");
@@ -1765,6 +1805,7 @@ static void session_back_tls_fallback(struct session *s, const char *reason, boo
             }
         }
     }
+    metrics_inc(metrics_back_fallback_reason(reason));
     log_warn(s->id, "back-tls-failed", "upstream=%s reason=\"%s\" action=%s", s->back_addr, reason,
              action != NULL ? action : "fail");
     if (action == NULL) {
@@ -1828,6 +1869,7 @@ static void session_back_tls_begin(struct session *s)
         return;
     }
     s->back.tls_started = true;
+    s->tls_started_ms = uv_now(&s->worker->loop);
     s->back_bytes_at_220 = s->back.bytes_read;
     session_timer_set(s, c->timeouts.tls_handshake_ms);
     session_back_tls_input(s);
@@ -1897,6 +1939,9 @@ static void session_back_tls_input(struct session *s)
     } else {
         s->back_tls_reason[0] = '\0';
     }
+    metrics_inc(METRICS_BACK_TLS_USED);
+    metrics_observe(METRICS_BACK_HANDSHAKE_SECONDS,
+                    (double)(uv_now(&s->worker->loop) - s->tls_started_ms) / 1000.0);
     log_info(s->id, "back-tls", "upstream=%s version=%s cipher=%s", s->back_addr,
              tlsio_version(&side->tls), tlsio_cipher(&side->tls));
     if (s->client_helo) {
@@ -1948,6 +1993,7 @@ static void session_back_negotiation_reply(struct session *s, int code)
         }
         /* Refused by a reply: RFC 3207 lets this connection go on in cleartext. */
         snprintf(reason, sizeof(reason), "starttls-refused-%d", code);
+        metrics_inc(metrics_back_fallback_reason(reason));
         buf_cleanup(&s->ehlo_reply);
         session_back_remember(s, reason);
         log_warn(
@@ -2653,7 +2699,10 @@ void session_accept(struct worker *w, uv_stream_t *server)
 
     unsigned open = ++worker_connections;
     s->counted = true;
+    metrics_inc(METRICS_CONNECTIONS);
+    metrics_gauge_add(METRICS_CONNECTIONS_CURRENT, 1);
     if (open > s->conf->max_connections) {
+        metrics_inc(METRICS_CONNECTIONS_REFUSED);
         log_warn(s->id, "too-many-connections", "client=%s max=%u", s->front_addr,
                  s->conf->max_connections);
         session_finish(s, "too-many-connections", "421 4.7.0",

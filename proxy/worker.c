@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "metrics_http.h"
 #include "session.h"
 
 _Atomic unsigned worker_connections;
@@ -102,6 +103,8 @@ static void worker_on_wakeup(uv_async_t *async)
     if (!w->draining) {
         w->draining = true;
         worker_stop_listeners(w);
+        metrics_http_stop(w->metrics);
+        w->metrics = NULL;
         /* Neither handle keeps the loop alive any more: it ends with its last session. */
         uv_unref((uv_handle_t *)&w->wakeup);
         uv_unref((uv_handle_t *)&w->drain_timer);
@@ -132,6 +135,7 @@ int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
     w->finished = false;
     w->draining = false;
     w->sessions = NULL;
+    w->metrics = NULL;
     w->n_listeners = 0;
     if (getrandom(&w->next_id, sizeof(w->next_id), 0) != (ssize_t)sizeof(w->next_id)) {
         w->next_id = (uint64_t)uv_hrtime() ^ ((uint64_t)index << 56);
@@ -183,6 +187,12 @@ static void worker_main(void *arg)
         log_warn(0, "loop-close-failed", "worker=%u error=\"%s\"", w->index, uv_strerror(rc));
     }
     w->finished = true;
+}
+
+int worker_serve_metrics(struct worker *w, int fd)
+{
+    w->metrics = metrics_http_start(&w->loop, fd, w->shared);
+    return w->metrics != NULL ? 0 : -1;
 }
 
 int worker_start(struct worker *w)

@@ -18,6 +18,7 @@
 
 struct session;
 struct learn;
+struct metrics_http_server;
 
 /* State shared by every worker, made by main before they start; both memories lock
  * themselves. */
@@ -44,8 +45,9 @@ struct worker {
     bool draining;
     struct listener *listeners[CONF_LISTEN_MAX];
     size_t n_listeners;
-    struct session *sessions; /* every live session of this loop, for the drain */
-    uint64_t next_id;         /* session ids: a per-worker random walk */
+    struct session *sessions;            /* every live session of this loop, for the drain */
+    struct metrics_http_server *metrics; /* the [metrics] endpoint, on one worker only */
+    uint64_t next_id;                    /* session ids: a per-worker random walk */
 };
 
 /* Connections open across all workers, for max_connections. */
@@ -58,6 +60,10 @@ extern _Atomic unsigned worker_connections;
  */
 int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
                 struct worker_shared *shared, const int *fds);
+
+/* worker_serve_metrics makes the worker answer the metrics endpoint on the bound socket
+ * |fd| (before worker_start()). Returns 0 or -1 (then |fd| is closed). */
+int worker_serve_metrics(struct worker *w, int fd);
 
 /* worker_start runs the worker's loop on a new thread. Returns 0 or a libuv error. */
 int worker_start(struct worker *w);

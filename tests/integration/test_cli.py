@@ -4,6 +4,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 import harness
 
 
@@ -130,3 +132,21 @@ def test_binary_runs_with_debian_boringssl_not_openssl(proxy_bin):
     assert "libssl.so.3" not in text and "libcrypto.so.3" not in text, text
     for path in ssl + crypto:
         assert os.path.exists(path), f"{path} does not exist:\n{text}"
+
+
+def test_systemd_unit_verifies(proxy_bin, source_dir, tmp_path):
+    """config/smtp-tls-proxy.service passes systemd-analyze verify (with the binary path
+    pointed at the build under test)."""
+    import shutil
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    with open(os.path.join(source_dir, "config", "smtp-tls-proxy.service")) as f:
+        unit = f.read()
+    unit = unit.replace("/usr/local/bin/smtp-tls-proxy", os.path.abspath(proxy_bin))
+    path = tmp_path / "smtp-tls-proxy.service"
+    path.write_text(unit)
+    r = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    problems = [line for line in (r.stdout + r.stderr).splitlines()
+                if "smtp-tls-proxy.service" in line]
+    assert r.returncode == 0 and not problems, r.stdout + r.stderr

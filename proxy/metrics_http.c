@@ -1,0 +1,214 @@
+/*
+ * metrics_http: GET /metrics over HTTP/1.x, one response per connection, then close.
+ *
+ * The request head is parsed by metrics_http_parse() (pure, fuzzed); this file only moves
+ * bytes. At most METRICS_HTTP_CONNS connections at once, each closed after
+ * METRICS_HTTP_TIMEOUT_MS whatever it is doing.
+ */
+#include "metrics_http.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "learn.h"
+#include "log.h"
+#include "metrics.h"
+#include "worker.h"
+
+#define METRICS_HTTP_CONNS 16
+#define METRICS_HTTP_TIMEOUT_MS 5000
+
+struct metrics_http_server {
+    uv_tcp_t tcp;
+    struct worker_shared *shared;
+    unsigned n_conns;
+    bool closed; /* freed once closed and its last connection is gone */
+};
+
+struct metrics_http_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t write_req;
+    struct metrics_http_server *srv;
+    int n_handles;
+    bool answered;
+    size_t in_len;
+    char in[METRICS_HTTP_HEAD_MAX];
+    char head[METRICS_HTTP_RESPONSE_MAX];
+    char *body;
+};
+
+static void metrics_http_on_closed(uv_handle_t *handle)
+{
+    struct metrics_http_conn *c = handle->data;
+    if (--c->n_handles == 0) {
+        struct metrics_http_server *srv = c->srv;
+        free(c->body);
+        free(c);
+        if (--srv->n_conns == 0 && srv->closed) {
+            free(srv);
+        }
+    }
+}
+
+static void metrics_http_close(struct metrics_http_conn *c)
+{
+    if (!uv_is_closing((uv_handle_t *)&c->tcp)) {
+        uv_close((uv_handle_t *)&c->tcp, metrics_http_on_closed);
+        uv_close((uv_handle_t *)&c->timer, metrics_http_on_closed);
+    }
+}
+
+static void metrics_http_on_timeout(uv_timer_t *timer)
+{
+    metrics_http_close(timer->data);
+}
+
+static void metrics_http_on_written(uv_write_t *req, int status)
+{
+    (void)status;
+    metrics_http_close(req->data);
+}
+
+static void metrics_http_answer(struct metrics_http_conn *c, enum metrics_http_result result,
+                                bool head_only)
+{
+    c->answered = true;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    int status = metrics_http_status(result);
+    size_t body_len = 0;
+    if (status == 200) {
+        struct worker_shared *shared = c->srv->shared;
+        metrics_gauge_set(METRICS_FRONT_LEARNED_ENTRIES,
+                          (int64_t)learn_count(shared->front_learned));
+        metrics_gauge_set(METRICS_BACK_REMEMBERED_ENTRIES,
+                          (int64_t)learn_count(shared->back_failed));
+        size_t cap = metrics_render_max();
+        c->body = malloc(cap);
+        if (c->body == NULL) {
+            metrics_http_close(c);
+            return;
+        }
+        body_len = metrics_render(c->body, cap);
+    }
+    size_t head_len = metrics_http_response(c->head, sizeof(c->head), status, body_len);
+    uv_buf_t bufs[2] = {uv_buf_init(c->head, (unsigned)head_len),
+                        uv_buf_init(c->body, (unsigned)body_len)};
+    c->write_req.data = c;
+    if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, head_only || body_len == 0 ? 1 : 2,
+                 metrics_http_on_written) != 0) {
+        metrics_http_close(c);
+    }
+}
+
+static void metrics_http_on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *out)
+{
+    struct metrics_http_conn *c = handle->data;
+    (void)suggested;
+    *out = uv_buf_init(c->in + c->in_len, (unsigned)(sizeof(c->in) - c->in_len));
+}
+
+static void metrics_http_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
+{
+    struct metrics_http_conn *c = stream->data;
+    (void)b;
+    if (nread < 0 || c->answered) {
+        if (nread < 0) {
+            metrics_http_close(c);
+        }
+        return;
+    }
+    c->in_len += (size_t)nread;
+    size_t consumed = 0;
+    bool head_only = false;
+    enum metrics_http_result r = metrics_http_parse(&consumed, &head_only, c->in, c->in_len);
+    if (r == METRICS_HTTP_NEED_MORE && c->in_len < sizeof(c->in)) {
+        return;
+    }
+    if (r == METRICS_HTTP_NEED_MORE) {
+        r = METRICS_HTTP_TOO_LARGE;
+    }
+    metrics_http_answer(c, r, head_only);
+}
+
+static void metrics_http_on_dropped(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+static void metrics_http_on_connection(uv_stream_t *server, int status)
+{
+    struct metrics_http_server *srv = server->data;
+    if (status < 0) {
+        return;
+    }
+    struct metrics_http_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL || srv->n_conns >= METRICS_HTTP_CONNS) {
+        /* Take it off the queue and close it at once. */
+        free(c);
+        uv_tcp_t *dropped = malloc(sizeof(*dropped));
+        if (dropped != NULL && uv_tcp_init(server->loop, dropped) == 0) {
+            (void)uv_accept(server, (uv_stream_t *)dropped);
+            uv_close((uv_handle_t *)dropped, metrics_http_on_dropped);
+        } else {
+            free(dropped);
+        }
+        return;
+    }
+    c->srv = srv;
+    srv->n_conns++;
+    uv_tcp_init(server->loop, &c->tcp);
+    uv_timer_init(server->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->n_handles = 2;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
+        uv_read_start((uv_stream_t *)&c->tcp, metrics_http_on_alloc, metrics_http_on_read) != 0) {
+        metrics_http_close(c);
+        return;
+    }
+    uv_timer_start(&c->timer, metrics_http_on_timeout, METRICS_HTTP_TIMEOUT_MS, 0);
+}
+
+struct metrics_http_server *metrics_http_start(uv_loop_t *loop, int fd,
+                                               struct worker_shared *shared)
+{
+    struct metrics_http_server *srv = calloc(1, sizeof(*srv));
+    if (srv == NULL || uv_tcp_init(loop, &srv->tcp) != 0) {
+        free(srv);
+        close(fd);
+        return NULL;
+    }
+    srv->shared = shared;
+    srv->tcp.data = srv;
+    if (uv_tcp_open(&srv->tcp, fd) != 0) {
+        close(fd);
+        metrics_http_stop(srv);
+        return NULL;
+    }
+    int rc = uv_listen((uv_stream_t *)&srv->tcp, 64, metrics_http_on_connection);
+    if (rc != 0) {
+        log_error(0, "metrics-listen-failed", "error=\"%s\"", uv_strerror(rc));
+        metrics_http_stop(srv);
+        return NULL;
+    }
+    return srv;
+}
+
+static void metrics_http_on_server_closed(uv_handle_t *handle)
+{
+    struct metrics_http_server *srv = handle->data;
+    srv->closed = true;
+    if (srv->n_conns == 0) {
+        free(srv);
+    }
+}
+
+void metrics_http_stop(struct metrics_http_server *srv)
+{
+    if (srv != NULL) {
+        uv_close((uv_handle_t *)&srv->tcp, metrics_http_on_server_closed);
+    }
+}

@@ -1,0 +1,25 @@
+/*
+ * metrics_http: the [metrics] listen endpoint. GET /metrics answers the Prometheus text
+ * exposition, served from one worker's loop; every connection gets one response and is
+ * closed. Connections are few and short-lived (a cap and a deadline each), so a slow or
+ * hostile client costs little and never touches a mail session.
+ */
+#ifndef PROXY_METRICS_HTTP_H
+#define PROXY_METRICS_HTTP_H
+
+#include <uv.h>
+
+struct worker_shared;
+struct metrics_http_server;
+
+/*
+ * metrics_http_start serves the bound, listening socket |fd| on |loop|. Returns the
+ * server, or NULL (then |fd| is closed). |shared| gives the learned-memory sizes.
+ */
+struct metrics_http_server *metrics_http_start(uv_loop_t *loop, int fd,
+                                               struct worker_shared *shared);
+
+/* metrics_http_stop stops accepting; answers under way finish or time out on their own. */
+void metrics_http_stop(struct metrics_http_server *srv);
+
+#endif
