@@ -59,25 +59,6 @@ static struct conf *main_load_conf(const char *path)
     return conf;
 }
 
-/* Features whose keys the configuration accepts but this build does not do yet. */
-static int main_check_supported(const struct conf *conf)
-{
-    int bad = 0;
-    if (conf->mode != CONF_MODE_FORWARD) {
-        log_fatal("%s: mode: transparent mode is not supported by this version", conf->path);
-        bad = 1;
-    }
-    if (conf->proxy_protocol != CONF_PROXY_PROTOCOL_OFF) {
-        log_fatal("%s: proxy_protocol: not supported by this version; use off", conf->path);
-        bad = 1;
-    }
-    if (conf->upstream_identity != CONF_IDENTITY_NONE) {
-        log_fatal("%s: upstream_identity: not supported by this version; use none", conf->path);
-        bad = 1;
-    }
-    return bad;
-}
-
 /* main_back_tls_used tells whether leg 2 may ever use STARTTLS under this config. */
 static bool main_back_tls_used(const struct conf *conf)
 {
@@ -240,8 +221,13 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
     conf_errors_cleanup(&errors);
     char err[TLSIO_ERR_MAX + 256];
     bool front_was = old->front_tls.starttls == CONF_FRONT_STARTTLS_OFFER;
-    if (conf == NULL || main_check_supported(conf) != 0) {
+    if (conf != NULL && conf->mode != old->mode) {
+        /* The listening sockets differ (IP_TRANSPARENT): only a restart can switch. */
+        log_error(0, "config-error", "error=\"%s: mode: changing it needs a restart\"", path);
         conf_free(conf);
+        conf = NULL;
+    }
+    if (conf == NULL) {
         log_error(0, "reload-failed", "file=%s action=kept-old-config", path);
         if (front_was) {
             /* The certificates in force are those of the old configuration. */
@@ -251,11 +237,11 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
         return;
     }
     if (conf->workers != old->workers || (conf->user == NULL) != (old->user == NULL) ||
-        conf->mode != old->mode || conf->metrics_enabled != old->metrics_enabled ||
+        conf->metrics_enabled != old->metrics_enabled ||
         (conf->metrics_enabled &&
          !listener_same_addr(&conf->metrics_listen, &old->metrics_listen))) {
         log_warn(0, "reload-restart-needed",
-                 "keys=\"workers, user, mode, [metrics] listen\" "
+                 "keys=\"workers, user, [metrics] listen\" "
                  "note=\"changes to these take effect at restart\"");
     }
     bool self_signed;
@@ -350,7 +336,7 @@ int main(int argc, char **argv)
     char err[TLSIO_ERR_MAX + 256];
     bool self_signed = false;
     struct runtime *runtime = NULL;
-    if (conf != NULL && main_check_supported(conf) == 0) {
+    if (conf != NULL) {
         runtime = main_runtime(err, sizeof(err), &self_signed, conf);
         if (runtime == NULL) {
             log_fatal("%s", err);

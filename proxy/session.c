@@ -17,9 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+#include <unistd.h>
 
 #include <uv.h>
 
@@ -28,6 +32,7 @@
 #include "learn.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxyproto.h"
 #include "runtime.h"
 #include "smtp.h"
 #include "tlsio.h"
@@ -50,6 +55,7 @@
 
 enum session_state {
     SESSION_BACK_RESOLVING = 0, /* waiting for the upstream name to resolve */
+    SESSION_FRONT_PROXY_HEADER, /* waiting for the load balancer's PROXY header */
     SESSION_BACK_CONNECTING,    /* waiting for the TCP connection to the upstream */
     SESSION_BACK_GREETING,      /* waiting for the upstream's greeting */
     SESSION_RELAY,              /* relaying commands and replies */
@@ -60,6 +66,7 @@ enum session_state {
     SESSION_BACK_HANDSHAKE, /* the TLS handshake with the upstream */
     SESSION_BACK_RECONNECT, /* the failed upstream connection closing; a new one follows */
     SESSION_BACK_REPLAY,    /* replaying the envelope on a cleartext connection */
+    SESSION_BACK_XCLIENT,   /* the upstream's new greeting after our XCLIENT */
     SESSION_CLOSING,        /* flushing our last reply to the client, then closing */
 };
 
@@ -106,6 +113,7 @@ enum session_local_reply {
     SESSION_LOCAL_STARTTLS_IN_TRANSACTION,
     SESSION_LOCAL_EHLO_FIRST,
     SESSION_LOCAL_TLS_REQUIRED,
+    SESSION_LOCAL_XCLIENT_DENIED,
 };
 
 static const char *const session_local_replies[] = {
@@ -132,6 +140,8 @@ static const char *const session_local_replies[] = {
     /* RFC 3207 section 4.2: after TLS the client starts over with EHLO. */
     [SESSION_LOCAL_EHLO_FIRST] = "503 5.5.1 Send EHLO first\r\n",
     [SESSION_LOCAL_TLS_REQUIRED] = "530 5.7.0 Must issue a STARTTLS command first\r\n",
+    /* The upstream may trust the proxy's address for XCLIENT: a client must never use it. */
+    [SESSION_LOCAL_XCLIENT_DENIED] = "550 5.7.0 XCLIENT not permitted\r\n",
 };
 
 /* What became of STARTTLS on leg 1, for the session line. */
@@ -237,6 +247,8 @@ struct session {
                                    while our EHLO is */
     bool replay_ok;             /* a TLS leg's transaction could be replayed in cleartext */
     bool replaying;             /* the reconnect under way is for a replay */
+    bool back_skip_tls;         /* the probe is only for XCLIENT: no STARTTLS upstream */
+    bool xclient_done;          /* XCLIENT was sent on this upstream connection */
     unsigned connect_attempts;
 
     struct session_pending pending[SESSION_PENDING_MAX];
@@ -252,7 +264,9 @@ struct session {
     uint64_t timer_due;      /* when the libuv timer fires; never after |deadline| */
     uint64_t messages;
     const char *end_reason;
-    struct sockaddr_storage front_sa;
+    struct sockaddr_storage front_sa;  /* the client (from a PROXY header when configured) */
+    struct sockaddr_storage local_sa;  /* the address the client connected to */
+    struct sockaddr_storage target_sa; /* transparent mode: the original destination */
     char front_addr[SESSION_ADDR_MAX];
     char back_addr[SESSION_ADDR_MAX];
 };
@@ -280,6 +294,10 @@ static const char *session_state_name(enum session_state state)
         return "back-reconnect";
     case SESSION_BACK_REPLAY:
         return "back-replay";
+    case SESSION_BACK_XCLIENT:
+        return "back-xclient";
+    case SESSION_FRONT_PROXY_HEADER:
+        return "front-proxy-header";
     case SESSION_CLOSING:
         return "closing";
     }
@@ -317,6 +335,12 @@ static void session_back_retry_greeted(struct session *s, int code);
 static void session_back_decide_policy(struct session *s, const char *line, size_t len);
 static void session_back_tls_input(struct session *s);
 static void session_back_eof(struct session *s, const char *reason);
+static void session_back_xclient_reply(struct session *s, int code);
+static void session_back_send_xclient(struct session *s, const char *params, size_t params_len);
+static void session_back_negotiation_reply(struct session *s, int code);
+static void session_decide_offer(struct session *s);
+static void session_back_start(struct session *s);
+static void session_front_proxy_header(struct session *s);
 static void session_back_tls_broken(struct session *s);
 static void session_on_timeout(uv_timer_t *timer);
 
@@ -733,9 +757,11 @@ static void session_update_reading(struct session *s)
                     session_unsent(&s->front) < SESSION_HIGH_WATER;
     } else if (s->state == SESSION_FRONT_HANDSHAKE) {
         front_want = !s->front.eof && buf_len(&s->front.tls_raw) < SESSION_READ_SIZE;
+    } else if (s->state == SESSION_FRONT_PROXY_HEADER) {
+        front_want = !s->front.eof && buf_len(&s->front.in) < PROXYPROTO_HEADER_MAX;
     } else if (s->state == SESSION_BACK_GREETING || s->state == SESSION_BACK_EHLO ||
                s->state == SESSION_BACK_STARTTLS || s->state == SESSION_BACK_HANDSHAKE ||
-               s->state == SESSION_BACK_REPLAY) {
+               s->state == SESSION_BACK_REPLAY || s->state == SESSION_BACK_XCLIENT) {
         back_want = !s->back.eof && buf_len(&s->back.in) < SESSION_READ_SIZE &&
                     buf_len(&s->back.tls_raw) < SESSION_READ_SIZE &&
                     session_unsent(&s->front) < SESSION_HIGH_WATER;
@@ -798,6 +824,12 @@ static void session_arm_timer(struct session *s)
         ms = c->timeouts.connect_ms;
         break;
     case SESSION_BACK_REPLAY:
+        break;
+    case SESSION_BACK_XCLIENT:
+        ms = c->timeouts.greeting_ms;
+        break;
+    case SESSION_FRONT_PROXY_HEADER:
+        ms = c->timeouts.connect_ms;
         break;
     case SESSION_RELAY:
         if (session_front_in_body(s)) {
@@ -1063,6 +1095,9 @@ static void session_front_command(struct session *s, const char *line, size_t le
         break;
     case SMTP_VERB_STARTTLS:
         session_front_starttls(s, &cmd);
+        break;
+    case SMTP_VERB_XCLIENT:
+        session_reply_locally(s, SESSION_LOCAL_XCLIENT_DENIED);
         break;
     case SMTP_VERB_DATA:
         /* RFC 2920: DATA ends a pipelined group; what follows depends on its reply. */
@@ -1428,6 +1463,12 @@ static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_b
             session_front_process(s);
         }
         break;
+    case SESSION_FRONT_PROXY_HEADER:
+        if (nread < 0) {
+            s->front.eof = true;
+        }
+        session_front_proxy_header(s);
+        break;
     case SESSION_FRONT_HANDSHAKE:
         if (nread < 0) {
             s->front.eof = true;
@@ -1527,8 +1568,9 @@ static void session_ehlo_reply_done(struct session *s, int code)
     size_t out_len = 0;
     unsigned caps = 0;
     bool add_starttls = s->offer_starttls && !s->front.tls_active;
+    /* XCLIENT would let any client tell an upstream that trusts us who it is. */
     if (smtp_ehlo_edit(buf_tail(to), &out_len, &caps, cap, buf_head(&s->ehlo_reply), len,
-                       add_starttls) != SMTP_OK) {
+                       add_starttls, SMTP_CAP_XCLIENT) != SMTP_OK) {
         buf_cleanup(&s->ehlo_reply);
         session_back_failed(s, "bad-ehlo-reply");
         return;
@@ -1697,7 +1739,10 @@ static void session_back_negotiate(struct session *s, const char *line, size_t l
             metrics_inc(METRICS_BACK_REMEMBERED_SKIPS);
         }
         snprintf(s->back_tls_reason, sizeof(s->back_tls_reason), "%s", skip);
-        return; /* the line goes up as it is */
+        if (s->conf->upstream_identity != CONF_IDENTITY_XCLIENT) {
+            return; /* the line goes up as it is */
+        }
+        s->back_skip_tls = true; /* probe anyway, for XCLIENT */
     }
     /* Take back the line just queued: the probe goes instead. */
     size_t queued = len + 2;
@@ -2017,8 +2062,28 @@ static void session_back_negotiation_reply(struct session *s, int code)
         session_back_tls_fallback(s, reason, false);
         return;
     }
+    if (s->state == SESSION_BACK_XCLIENT) {
+        session_back_xclient_reply(s, code);
+        return;
+    }
     /* Our probe on a cleartext connection. */
     unsigned caps = 0;
+    if (code == 250 && s->conf->upstream_identity == CONF_IDENTITY_XCLIENT && !s->xclient_done &&
+        smtp_ehlo_caps(&caps, buf_head(&s->ehlo_reply), buf_len(&s->ehlo_reply)) == SMTP_OK) {
+        s->xclient_done = true;
+        const char *params = NULL;
+        size_t params_len = 0;
+        if (smtp_ehlo_params(&params, &params_len, buf_head(&s->ehlo_reply),
+                             buf_len(&s->ehlo_reply), "XCLIENT")) {
+            session_back_send_xclient(s, params, params_len);
+            return;
+        }
+        log_warn(s->id, "xclient-not-offered", "upstream=%s", s->back_addr);
+    }
+    if (s->back_skip_tls) {
+        session_back_go_cleartext(s, &s->ehlo_reply, code);
+        return;
+    }
     if (code != 250 ||
         smtp_ehlo_caps(&caps, buf_head(&s->ehlo_reply), buf_len(&s->ehlo_reply)) != SMTP_OK ||
         (caps & SMTP_CAP_STARTTLS) == 0) {
@@ -2037,6 +2102,107 @@ static void session_back_negotiation_reply(struct session *s, int code)
     buf_init(&s->ehlo_reply);
     session_back_send(s, "STARTTLS\r\n", 10);
     session_enter(s, SESSION_BACK_STARTTLS);
+}
+
+/* session_xtext appends |len| bytes of |text| as RFC 3461 xtext (XCLIENT's encoding). */
+static void session_xtext(struct session *s, const char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c >= 33 && c <= 126 && c != '+' && c != '=') {
+            session_back_send(s, text + i, 1);
+        } else {
+            char hex[4];
+            snprintf(hex, sizeof(hex), "+%02X", c);
+            session_back_send(s, hex, 3);
+        }
+    }
+}
+
+/* session_xclient_offers tells whether the XCLIENT capability's parameters name |attr|. */
+static bool session_xclient_offers(const char *params, size_t len, const char *attr)
+{
+    size_t attr_len = strlen(attr);
+    for (size_t i = 0; i < len;) {
+        const char *space = memchr(params + i, ' ', len - i);
+        size_t end = space != NULL ? (size_t)(space - params) : len;
+        if (end - i == attr_len && strncasecmp(params + i, attr, attr_len) == 0) {
+            return true;
+        }
+        i = end + 1;
+    }
+    return false;
+}
+
+/* session_back_send_xclient tells a Postfix-style upstream who the client really is
+ * (upstream_identity = xclient), with the attributes it advertised. Its reply is a new
+ * greeting. */
+static void session_back_send_xclient(struct session *s, const char *params, size_t params_len)
+{
+    char host[INET6_ADDRSTRLEN] = "";
+    unsigned port = 0;
+    const struct sockaddr *sa = (const struct sockaddr *)&s->front_sa;
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    } else {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    }
+    char attr[96];
+    session_back_send(s, "XCLIENT", 7);
+    if (session_xclient_offers(params, params_len, "ADDR")) {
+        /* Postfix wants the IPV6: prefix (RFC 5321 address literal form). */
+        snprintf(attr, sizeof(attr), " ADDR=%s%s", sa->sa_family == AF_INET6 ? "IPV6:" : "", host);
+        session_back_send(s, attr, strlen(attr));
+    }
+    if (session_xclient_offers(params, params_len, "PORT")) {
+        snprintf(attr, sizeof(attr), " PORT=%u", port);
+        session_back_send(s, attr, strlen(attr));
+    }
+    if (session_xclient_offers(params, params_len, "PROTO")) {
+        snprintf(attr, sizeof(attr), " PROTO=%s", s->client_helo ? "SMTP" : "ESMTP");
+        session_back_send(s, attr, strlen(attr));
+    }
+    if (session_xclient_offers(params, params_len, "HELO")) {
+        const char *greeting = buf_head(&s->client_ehlo);
+        size_t len = buf_len(&s->client_ehlo);
+        size_t name_at = len > 5 ? 5 : len; /* "EHLO " / "HELO " */
+        const char *name = greeting + name_at;
+        const char *space = memchr(name, ' ', len - name_at);
+        size_t name_len = space != NULL ? (size_t)(space - name) : len - name_at;
+        if (name_len > 0) {
+            session_back_send(s, " HELO=", 6);
+            session_xtext(s, name, name_len);
+        }
+    }
+    session_back_send(s, "\r\n", 2);
+    /* Keep the probe's reply: if XCLIENT is refused we go on with it. */
+    buf_cleanup(&s->saved_ehlo);
+    s->saved_ehlo = s->ehlo_reply;
+    buf_init(&s->ehlo_reply);
+    session_enter(s, SESSION_BACK_XCLIENT);
+}
+
+/* session_back_xclient_reply: 220 is the upstream's new greeting (EHLO again); anything
+ * else is a refusal, and the session goes on without it. */
+static void session_back_xclient_reply(struct session *s, int code)
+{
+    buf_cleanup(&s->ehlo_reply);
+    if (code == 220) {
+        log_info(s->id, "xclient", "upstream=%s client=%s", s->back_addr, s->front_addr);
+        buf_cleanup(&s->saved_ehlo);
+        session_back_send_probe(s);
+        session_enter(s, SESSION_BACK_EHLO);
+        return;
+    }
+    log_warn(s->id, "xclient-refused", "upstream=%s code=%d", s->back_addr, code);
+    s->ehlo_reply = s->saved_ehlo;
+    buf_init(&s->saved_ehlo);
+    session_enter(s, SESSION_BACK_EHLO);
+    session_back_negotiation_reply(s, 250);
 }
 
 /* session_back_negotiation_line collects one reply line in SESSION_BACK_EHLO or
@@ -2143,7 +2309,8 @@ static void session_replay_answered(struct session *s, int code)
 static bool session_replay_possible(const struct session *s)
 {
     if (!s->replay_ok || s->back_policy != CONF_BACK_STARTTLS_MAY || !s->conf->back_tls.fallback ||
-        s->state != SESSION_RELAY || session_mid_message(s)) {
+        s->conf->upstream_identity == CONF_IDENTITY_XCLIENT || s->state != SESSION_RELAY ||
+        session_mid_message(s)) {
         return false;
     }
     for (unsigned i = 0; i < s->n_pending; i++) {
@@ -2239,7 +2406,7 @@ static bool session_back_reads_lines(const struct session *s)
 {
     return s->state == SESSION_BACK_GREETING || s->state == SESSION_RELAY ||
            s->state == SESSION_BACK_EHLO || s->state == SESSION_BACK_STARTTLS ||
-           s->state == SESSION_BACK_REPLAY;
+           s->state == SESSION_BACK_REPLAY || s->state == SESSION_BACK_XCLIENT;
 }
 
 static void session_back_process(struct session *s)
@@ -2315,6 +2482,7 @@ static void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_bu
     case SESSION_BACK_EHLO:
     case SESSION_BACK_STARTTLS:
     case SESSION_BACK_REPLAY:
+    case SESSION_BACK_XCLIENT:
     case SESSION_RELAY:
         session_back_process(s);
         if (s->state == SESSION_BACK_HANDSHAKE || !s->back.open) {
@@ -2382,6 +2550,21 @@ static void session_on_back_connect(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&s->back.tcp, 1);
+    enum conf_identity identity = s->conf->upstream_identity;
+    if (identity == CONF_IDENTITY_PROXY_V1 || identity == CONF_IDENTITY_PROXY_V2) {
+        /* Before anything else on the connection (HAProxy's PROXY protocol). */
+        char header[PROXYPROTO_HEADER_MAX];
+        size_t len = 0;
+        const struct sockaddr *dst =
+            (const struct sockaddr *)(s->conf->mode == CONF_MODE_TRANSPARENT ? &s->target_sa
+                                                                             : &s->local_sa);
+        if (proxyproto_format(header, &len, sizeof(header),
+                              identity == CONF_IDENTITY_PROXY_V1 ? PROXYPROTO_V1 : PROXYPROTO_V2,
+                              (const struct sockaddr *)&s->front_sa, dst) == 0) {
+            session_queue(s, &s->back, header, len);
+        }
+    }
+    s->xclient_done = false;
     session_enter(s, SESSION_BACK_GREETING);
     smtp_reply_parser_init(&s->reply_parser);
     session_after_io(s);
@@ -2397,7 +2580,11 @@ static void session_connect_failed(struct session *s)
 static void session_back_connect_next(struct session *s)
 {
     const struct sockaddr *sa = NULL;
-    if (s->conf->upstream.numeric) {
+    if (s->conf->mode == CONF_MODE_TRANSPARENT) {
+        if (s->connect_attempts == 0) {
+            sa = (const struct sockaddr *)&s->target_sa;
+        }
+    } else if (s->conf->upstream.numeric) {
         if (s->connect_attempts == 0) {
             sa = (const struct sockaddr *)&s->conf->upstream.sa;
         }
@@ -2414,6 +2601,43 @@ static void session_back_connect_next(struct session *s)
 }
 
 /* session_back_connect_to opens a new upstream connection to |sa|. */
+/*
+ * session_back_spoof_socket gives the upstream socket the client's own address
+ * (upstream_identity = spoof, TPROXY): IP_TRANSPARENT lets us bind an address that is not
+ * ours, and the routing described in the README brings the replies back to us.
+ */
+static int session_back_spoof_socket(struct session *s, int family)
+{
+    const struct sockaddr *client = (const struct sockaddr *)&s->front_sa;
+    if (client->sa_family != family) {
+        return UV_EAFNOSUPPORT;
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        return -errno;
+    }
+    int on = 1;
+    struct sockaddr_storage from = s->front_sa;
+    if (family == AF_INET6) {
+        ((struct sockaddr_in6 *)&from)->sin6_port = 0;
+    } else {
+        ((struct sockaddr_in *)&from)->sin_port = 0;
+    }
+    if (setsockopt(fd, family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
+                   family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &on, sizeof(on)) == -1 ||
+        bind(fd, (const struct sockaddr *)&from,
+             family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in)) == -1) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    int rc = uv_tcp_open(&s->back.tcp, fd);
+    if (rc != 0) {
+        close(fd);
+    }
+    return rc;
+}
+
 static void session_back_connect_to(struct session *s, const struct sockaddr *sa)
 {
     memcpy(&s->back_sa, sa,
@@ -2429,6 +2653,15 @@ static void session_back_connect_to(struct session *s, const struct sockaddr *sa
     s->back.open = true;
     s->back.eof = false;
     s->n_handles++;
+    if (s->conf->upstream_identity == CONF_IDENTITY_SPOOF) {
+        rc = session_back_spoof_socket(s, sa->sa_family);
+        if (rc != 0) {
+            log_warn(s->id, "upstream-spoof-failed", "client=%s error=\"%s\"", s->front_addr,
+                     uv_strerror(rc));
+            session_side_close(s, &s->back, false);
+            return;
+        }
+    }
     s->connect_req.data = s;
     rc = uv_tcp_connect(&s->connect_req, &s->back.tcp, sa, session_on_back_connect);
     if (rc != 0) {
@@ -2495,7 +2728,7 @@ static void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrin
 static void session_back_start(struct session *s)
 {
     const struct conf_addr *up = &s->conf->upstream;
-    if (up->numeric) {
+    if (up->numeric || s->conf->mode == CONF_MODE_TRANSPARENT) {
         session_enter(s, SESSION_BACK_CONNECTING);
         session_back_connect_next(s);
         return;
@@ -2578,6 +2811,15 @@ static void session_on_timeout(uv_timer_t *timer)
         break;
     case SESSION_BACK_RECONNECT:
         break; /* the close callback comes at once */
+    case SESSION_FRONT_PROXY_HEADER:
+        log_warn(s->id, "proxy-header-timeout", "peer=%s", s->front_addr);
+        session_abort(s, "bad-proxy-header");
+        return;
+    case SESSION_BACK_XCLIENT:
+        log_warn(s->id, "upstream-timeout", "upstream=%s phase=xclient", s->back_addr);
+        session_finish(s, "upstream-timeout", "421 4.4.2",
+                       "Upstream did not answer, closing connection");
+        break;
     case SESSION_BACK_REPLAY:
         log_warn(s->id, "upstream-timeout", "upstream=%s phase=replay", s->back_addr);
         session_finish(s, "upstream-timeout", "421 4.4.2",
@@ -2631,6 +2873,112 @@ static struct session *session_new(struct worker *w)
     }
     w->sessions = s;
     return s;
+}
+
+/* session_is_local_address tells whether |sa|'s address belongs to this machine: only a
+ * local address can be bound without IP_TRANSPARENT. */
+static bool session_is_local_address(const struct sockaddr *sa)
+{
+    int fd = socket(sa->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        return false;
+    }
+    struct sockaddr_storage probe;
+    memcpy(&probe, sa, sizeof(probe));
+    socklen_t len;
+    if (sa->sa_family == AF_INET6) {
+        ((struct sockaddr_in6 *)&probe)->sin6_port = 0;
+        len = sizeof(struct sockaddr_in6);
+    } else {
+        ((struct sockaddr_in *)&probe)->sin_port = 0;
+        len = sizeof(struct sockaddr_in);
+    }
+    bool local = bind(fd, (const struct sockaddr *)&probe, len) == 0;
+    close(fd);
+    return local;
+}
+
+static uint16_t session_port_of(const struct sockaddr *sa)
+{
+    return ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                           : ((const struct sockaddr_in *)sa)->sin_port);
+}
+
+/*
+ * session_find_target sets the upstream of a transparent session: the destination the
+ * client meant. With iptables REDIRECT (NAT) the kernel keeps it (SO_ORIGINAL_DST); with
+ * TPROXY the accepted socket's own address is it. A destination that is one of our own
+ * listeners would make the proxy connect to itself: refused. Returns false when the
+ * session is ending.
+ */
+static bool session_find_target(struct session *s)
+{
+    int fd = -1;
+    uv_fileno((uv_handle_t *)&s->front.tcp, &fd);
+    struct sockaddr_storage dst;
+    socklen_t len = sizeof(dst);
+    bool v6 = s->local_sa.ss_family == AF_INET6;
+    if (getsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IP6T_SO_ORIGINAL_DST : SO_ORIGINAL_DST, &dst,
+                   &len) == 0) {
+        s->target_sa = dst;
+    } else {
+        s->target_sa = s->local_sa;
+    }
+    const struct sockaddr *target = (const struct sockaddr *)&s->target_sa;
+    bool loop = false;
+    for (size_t i = 0; i < s->conf->n_listen && !loop; i++) {
+        loop =
+            s->conf->listen[i].port == session_port_of(target) && session_is_local_address(target);
+    }
+    char text[SESSION_ADDR_MAX];
+    session_format_addr(text, sizeof(text), target);
+    if (loop) {
+        log_warn(s->id, "loop-refused", "client=%s destination=%s", s->front_addr, text);
+        session_finish(s, "loop-refused", "421 4.3.5", "Refusing to relay to myself");
+        return false;
+    }
+    log_debug(s->id, "destination", "client=%s destination=%s", s->front_addr, text);
+    return true;
+}
+
+/*
+ * session_front_proxy_header reads the load balancer's PROXY header (v1/v2): its source
+ * address is the client's for logs, learning and policy. A connection without a valid one
+ * is dropped without a greeting.
+ */
+static void session_front_proxy_header(struct session *s)
+{
+    static const enum proxyproto_version modes[] = {
+        [CONF_PROXY_PROTOCOL_OFF] = PROXYPROTO_ANY,
+        [CONF_PROXY_PROTOCOL_V1] = PROXYPROTO_V1,
+        [CONF_PROXY_PROTOCOL_V2] = PROXYPROTO_V2,
+        [CONF_PROXY_PROTOCOL_ANY] = PROXYPROTO_ANY,
+    };
+    struct proxyproto_header header;
+    size_t used = 0;
+    enum proxyproto_result r =
+        proxyproto_parse(&header, &used, buf_head(&s->front.in), buf_len(&s->front.in),
+                         modes[s->conf->proxy_protocol]);
+    if (r == PROXYPROTO_NEED_MORE && !s->front.eof) {
+        return;
+    }
+    if (r != PROXYPROTO_OK) {
+        log_warn(s->id, "proxy-header-bad", "peer=%s bytes=%zu", s->front_addr,
+                 buf_len(&s->front.in));
+        session_abort(s, "bad-proxy-header");
+        return;
+    }
+    buf_consume(&s->front.in, used);
+    if (header.family == PROXYPROTO_TCP4 || header.family == PROXYPROTO_TCP6) {
+        char via[SESSION_ADDR_MAX];
+        memcpy(via, s->front_addr, sizeof(via));
+        s->front_sa = header.src;
+        session_format_addr(s->front_addr, sizeof(s->front_addr),
+                            (const struct sockaddr *)&s->front_sa);
+        log_debug(s->id, "proxy-header", "client=%s via=%s", s->front_addr, via);
+    }
+    session_decide_offer(s);
+    session_back_start(s);
 }
 
 /* session_decide_offer decides once, at accept, whether STARTTLS is offered to this
@@ -2694,7 +3042,8 @@ void session_accept(struct worker *w, uv_stream_t *server)
     } else {
         snprintf(s->front_addr, sizeof(s->front_addr), "?");
     }
-    session_decide_offer(s);
+    int local_len = sizeof(s->local_sa);
+    uv_tcp_getsockname(&s->front.tcp, (struct sockaddr *)&s->local_sa, &local_len);
     log_debug(s->id, "accepted", "client=%s", s->front_addr);
 
     unsigned open = ++worker_connections;
@@ -2710,6 +3059,16 @@ void session_accept(struct worker *w, uv_stream_t *server)
         session_after_io(s);
         return;
     }
+    if (s->conf->mode == CONF_MODE_TRANSPARENT && !session_find_target(s)) {
+        session_after_io(s);
+        return;
+    }
+    if (s->conf->proxy_protocol != CONF_PROXY_PROTOCOL_OFF) {
+        session_enter(s, SESSION_FRONT_PROXY_HEADER);
+        session_after_io(s);
+        return;
+    }
+    session_decide_offer(s);
     session_back_start(s);
 }
 

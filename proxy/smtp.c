@@ -233,6 +233,7 @@ static const struct {
     {"SIZE", 4, SMTP_CAP_SIZE},
     {"XCLIENT", 7, SMTP_CAP_XCLIENT},
     {"BINARYMIME", 10, SMTP_CAP_BINARYMIME},
+    {"AUTH", 4, SMTP_CAP_AUTH},
 };
 
 /* RFC 5321 section 4.1.1.1: ehlo-line = ehlo-keyword *( SP ehlo-param ). */
@@ -272,7 +273,8 @@ static void smtp_put(struct smtp_writer *w, const char *data, size_t len)
 }
 
 enum smtp_result smtp_ehlo_edit(char *out, size_t *out_len, unsigned *out_caps, size_t out_cap,
-                                const char *reply, size_t reply_len, bool add_starttls)
+                                const char *reply, size_t reply_len, bool add_starttls,
+                                unsigned drop)
 {
     struct smtp_writer w = {.out = out, .cap = out_cap};
     struct smtp_reply_parser parser;
@@ -314,7 +316,7 @@ enum smtp_result smtp_ehlo_edit(char *out, size_t *out_len, unsigned *out_caps, 
         if (!first) {
             unsigned cap = smtp_cap_of(text, text_len);
             caps |= cap;
-            if (cap == SMTP_CAP_STARTTLS) {
+            if (cap == SMTP_CAP_STARTTLS || (cap & drop) != 0) {
                 continue;
             }
         }
@@ -453,5 +455,35 @@ bool smtp_skip_bad_data(struct smtp_data_scanner *s, size_t *out_used, const cha
 enum smtp_result smtp_ehlo_caps(unsigned *out_caps, const char *reply, size_t reply_len)
 {
     size_t len;
-    return smtp_ehlo_edit(NULL, &len, out_caps, SIZE_MAX, reply, reply_len, false);
+    return smtp_ehlo_edit(NULL, &len, out_caps, SIZE_MAX, reply, reply_len, false, 0);
+}
+
+bool smtp_ehlo_params(const char **out_params, size_t *out_len, const char *reply, size_t reply_len,
+                      const char *keyword)
+{
+    size_t keyword_len = strlen(keyword);
+    size_t pos = 0;
+    bool first = true;
+    while (pos < reply_len) {
+        const char *line = reply + pos;
+        const char *lf = memchr(line, '\n', reply_len - pos);
+        size_t line_len = lf != NULL ? (size_t)(lf - line) : reply_len - pos;
+        pos += line_len + 1;
+        if (line_len > 0 && line[line_len - 1] == '\r') {
+            line_len--;
+        }
+        if (first || line_len < 4) { /* the greeting line is no capability */
+            first = false;
+            continue;
+        }
+        const char *text = line + 4;
+        size_t text_len = line_len - 4;
+        size_t word = smtp_word_len(text, text_len);
+        if (word == keyword_len && smtp_equal_nocase(text, keyword, word)) {
+            *out_params = word < text_len ? text + word + 1 : text + word;
+            *out_len = word < text_len ? text_len - word - 1 : 0;
+            return true;
+        }
+    }
+    return false;
 }

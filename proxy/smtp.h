@@ -120,12 +120,14 @@ enum smtp_cap {
     SMTP_CAP_SIZE = 1u << 4,
     SMTP_CAP_XCLIENT = 1u << 5,
     SMTP_CAP_BINARYMIME = 1u << 6,
+    SMTP_CAP_AUTH = 1u << 7,
 };
 
 /*
  * smtp_ehlo_edit rewrites a complete, successful (250) EHLO reply |reply| (lines with
  * their CRLF endings) for the other leg: every STARTTLS capability line is removed (the
- * first line is the greeting and always kept), and when |add_starttls| is true one
+ * first line is the greeting and always kept), so is every capability in the |drop| mask
+ * (enum smtp_cap bits), and when |add_starttls| is true one
  * "250 STARTTLS" line is added as the last line, so "250 host" becomes
  * "250-host\r\n250 STARTTLS\r\n". The last line always ends up as "250 ...", the others
  * "250-...". Lines end in CRLF in the output even if the input used bare LF. Writes at
@@ -137,7 +139,17 @@ enum smtp_cap {
  * not ended by LF, bytes after the last line, a NUL or bare CR inside a line).
  */
 enum smtp_result smtp_ehlo_edit(char *out, size_t *out_len, unsigned *out_caps, size_t out_cap,
-                                const char *reply, size_t reply_len, bool add_starttls);
+                                const char *reply, size_t reply_len, bool add_starttls,
+                                unsigned drop);
+
+/*
+ * smtp_ehlo_params finds the capability |keyword| (upper case, e.g. "XCLIENT") in a
+ * complete 250 EHLO reply and points *out_params at its parameters (the text after the
+ * keyword and one space; not NUL-terminated), *out_len their length. Returns false when
+ * the reply does not advertise it.
+ */
+bool smtp_ehlo_params(const char **out_params, size_t *out_len, const char *reply, size_t reply_len,
+                      const char *keyword);
 
 /*
  * smtp_ehlo_caps reads the capabilities of a complete 250 EHLO reply without editing it.

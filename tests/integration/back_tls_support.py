@@ -210,10 +210,6 @@ def assert_swaks_normal(rc, out):
 # Checks on the fake upstream's records and on the proxy's log
 # --------------------------------------------------------------------------------------
 
-def new_conns(up, before):
-    return up.conns()[before:]
-
-
 def assert_delivered_once(up, msg_body, tls_version, since_conn=0, timeout=10.0):
     """Exactly one message reached the fake in the connections from |since_conn| on,
     byte-identical, with our envelope, over |tls_version| ("TLSv1.3", "TLSv1.2") or
@@ -246,10 +242,6 @@ def assert_proxy_commands_sane(up, since_conn=0):
         assert c.starttls <= 1, c
 
 
-def session_lines(proxy):
-    return [f for f in proxy.session_lines()]
-
-
 def wait_session_lines(proxy, n, timeout=10.0):
     try:
         harness.wait_for(lambda: len(proxy.session_lines()) >= n, timeout,
@@ -277,10 +269,3 @@ def assert_back_cleartext(fields, reason_re):
 def failed_events(proxy):
     return proxy.events("back-tls-failed")
 
-
-def remembered_events(proxy):
-    return proxy.events("back-tls-remembered")
-
-
-def log_excerpt(proxy, n=4000):
-    return proxy.stderr()[-n:]

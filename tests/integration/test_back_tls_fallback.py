@@ -7,6 +7,11 @@ expected transport; the session line says why leg 2 was cleartext; a second sess
 the failure is remembered goes straight to cleartext (no STARTTLS at all), and once the
 memory expires (remember_failures = 2s) TLS is tried again.
 
+Also: the step-down ladder (no-client-cert, tls12, cleartext), the response-injection case,
+HELO clients, the retry connection's greeting, a TLS connection that breaks after the
+negotiation (envelope replayed in cleartext before DATA; 421 4.4.2 and remembered once body
+bytes were sent), parallel sessions on two event loops, and the counters on /metrics.
+
 Config (back_tls_support.back_extra): [client_tls] starttls = strip, [upstream_tls]
 starttls = may, fallback = on, fallback_steps = cleartext (the ladder tests set their own),
 remember_failures = 2s, [timeouts] tls_handshake = 1s.
@@ -316,6 +321,17 @@ def test_ladder_client_cert_disliked_retries_without_it(make_tls_fake, make_prox
     [line] = wait_session_lines(proxy, 1)
     assert_back_tls(line, "TLSv1.3")
 
+    # While remembered: no second attempt with the disliked certificate; one connection,
+    # either TLS without the certificate (the step that worked) or cleartext.
+    before = len(conns)
+    msg2 = body("no client cert again")
+    assert_normal_session(smtplib_send(proxy.port, msg2))
+    after = up.conns()[before:]
+    assert len(after) == 1, up.describe()
+    assert after[0].handshake_error is None and after[0].client_cert in (None, False), \
+        up.describe()
+    assert_delivered_once(up, msg2, after[0].tls_version, since_conn=before)
+
 
 def test_ladder_client_cert_then_tls12(make_tls_fake, make_proxy, back_certs):
     """Client certificate configured, TLS 1.3 intolerant server: TLS 1.3 with the
@@ -564,3 +580,80 @@ def test_memory_shared_by_workers(make_tls_fake, make_proxy):
     lines = wait_session_lines(proxy, 7)
     assert all(ln.get("back_tls_reason") == "remembered" for ln in lines[1:]), \
         [ln["_line"] for ln in lines]
+
+
+# --------------------------------------------------------------------------------------
+# Counters ([metrics] listen): each fallback counted once under its reason class
+# --------------------------------------------------------------------------------------
+
+def scrape_metrics(port):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+@pytest.mark.parametrize("mode,reason_class", [
+    ("refuse-454", "starttls-refused"),
+    ("starttls-garbage", "starttls-bad-reply"),
+    ("no-shared-cipher", "tls-alert"),
+    ("cert-required", "tls-alert"),
+    ("eof-after-220", "eof"),
+    ("handshake-timeout", "handshake-timeout"),
+    ("post-tls-ehlo-403", "post-tls-ehlo"),
+    ("post-tls-close", "post-tls-eof"),
+])
+def test_fallback_counters(make_tls_fake, make_proxy, mode, reason_class):
+    up = make_tls_fake(mode)
+    mport = harness.free_port()
+    extra = back_extra()
+    extra["metrics"] = {"listen": f"127.0.0.1:{mport}"}
+    proxy = make_proxy(up.addr, extra)
+    assert_normal_session(smtplib_send(proxy.port, body("counted")))
+    assert_normal_session(smtplib_send(proxy.port, body("remembered")))
+    wait_session_lines(proxy, 2)
+    m = scrape_metrics(mport)
+    p = "smtp_tls_proxy_"
+    fallbacks = {k: v for k, v in m.items() if k.startswith(p + "back_tls_fallback_total")}
+    assert fallbacks.get(f'{p}back_tls_fallback_total{{reason="{reason_class}"}}') == 1, \
+        fallbacks
+    assert sum(fallbacks.values()) == 1, fallbacks
+    assert m.get(f"{p}back_tls_remembered_skips_total") == 1, m
+    assert m.get(f"{p}back_remembered_entries") == 1, m
+    assert m.get(f"{p}messages_total") == 2, m
+
+
+def test_tls_used_and_require_counters(make_tls_fake, make_proxy):
+    """One TLS session counts back_tls_total{result="used"}; a require failure counts
+    back_tls_require_failures_total, and neither counts a fallback."""
+    ok = make_tls_fake("tls-ok")
+    mport = harness.free_port()
+    extra = back_extra()
+    extra["metrics"] = {"listen": f"127.0.0.1:{mport}"}
+    proxy = make_proxy(ok.addr, extra)
+    assert_normal_session(smtplib_send(proxy.port, body("used")))
+    wait_session_lines(proxy, 1)
+    m = scrape_metrics(mport)
+    p = "smtp_tls_proxy_"
+    assert m.get(f'{p}back_tls_total{{result="used"}}') == 1, m
+    assert sum(v for k, v in m.items() if k.startswith(p + "back_tls_fallback_total")) == 0
+
+    bad = make_tls_fake("refuse-454")
+    mport2 = harness.free_port()
+    extra = back_extra(upstream_tls={"starttls": "require"})
+    extra["metrics"] = {"listen": f"127.0.0.1:{mport2}"}
+    proxy2 = make_proxy(bad.addr, extra)
+    with harness.SmtpConn("127.0.0.1", proxy2.port) as c:
+        assert c.greeting().code == 220
+        r = c.cmd(f"EHLO {CLIENT_NAME}")
+        assert r.code == 421 and r.first.startswith("4.7.0"), r
+    wait_session_lines(proxy2, 1)
+    m = scrape_metrics(mport2)
+    assert m.get(f"{p}back_tls_require_failures_total") == 1, m
+    assert m.get(f"{p}messages_total") == 0, m

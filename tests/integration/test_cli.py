@@ -150,3 +150,13 @@ def test_systemd_unit_verifies(proxy_bin, source_dir, tmp_path):
     problems = [line for line in (r.stdout + r.stderr).splitlines()
                 if "smtp-tls-proxy.service" in line]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
+
+
+def test_example_configs_pass_the_check(proxy_bin, source_dir):
+    """Every file in config/examples/ is a valid configuration."""
+    directory = os.path.join(source_dir, "config", "examples")
+    names = sorted(n for n in os.listdir(directory) if n.endswith(".ini"))
+    assert len(names) >= 5, names
+    for name in names:
+        rc, out, err = run([proxy_bin, "-t", "-c", os.path.join(directory, name)])
+        assert rc == 0, (name, out, err)

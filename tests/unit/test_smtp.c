@@ -430,7 +430,7 @@ static void check_ehlo(const char *reply, size_t reply_len, bool add_starttls, c
     size_t out_len = 99;
     unsigned caps = 99;
     size_t want_len = strlen(want);
-    CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), reply, reply_len, add_starttls),
+    CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), reply, reply_len, add_starttls, 0),
               SMTP_OK);
     CHECK_MEM(out, out_len, want, want_len);
     CHECK_INT(caps, want_caps);
@@ -440,13 +440,14 @@ static void check_ehlo(const char *reply, size_t reply_len, bool add_starttls, c
     char *exact = malloc(want_len + 1);
     CHECK(exact != NULL);
     memset(exact, '#', want_len + 1);
-    CHECK_INT(smtp_ehlo_edit(exact, &out_len, &caps, want_len, reply, reply_len, add_starttls),
+    CHECK_INT(smtp_ehlo_edit(exact, &out_len, &caps, want_len, reply, reply_len, add_starttls, 0),
               SMTP_OK);
     CHECK_MEM(exact, out_len, want, want_len);
     CHECK_INT(exact[want_len], '#');
     memset(exact, '#', want_len + 1);
-    CHECK_INT(smtp_ehlo_edit(exact, &out_len, &caps, want_len - 1, reply, reply_len, add_starttls),
-              SMTP_TOO_LONG);
+    CHECK_INT(
+        smtp_ehlo_edit(exact, &out_len, &caps, want_len - 1, reply, reply_len, add_starttls, 0),
+        SMTP_TOO_LONG);
     CHECK_INT(out_len, 0);
     CHECK_INT(caps, 0);
     CHECK_INT(exact[want_len - 1], '#');
@@ -463,7 +464,8 @@ static void check_ehlo_fails(const char *reply, size_t reply_len, enum smtp_resu
     size_t out_len = 99;
     unsigned caps = 99;
     for (int add = 0; add <= 1; add++) {
-        CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), reply, reply_len, add), want);
+        CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), reply, reply_len, add, 0),
+                  want);
         CHECK_INT(out_len, 0);
         CHECK_INT(caps, 0);
     }
@@ -535,7 +537,7 @@ static void test_ehlo_edit(void)
                "250-8BITMIME\r\n250-XCLIENT ADDR NAME\r\n250-BINARYMIME\r\n"
                "250 AUTH PLAIN LOGIN\r\n",
                SMTP_CAP_PIPELINING | SMTP_CAP_CHUNKING | SMTP_CAP_SIZE | SMTP_CAP_8BITMIME |
-                   SMTP_CAP_XCLIENT | SMTP_CAP_BINARYMIME | SMTP_CAP_STARTTLS);
+                   SMTP_CAP_XCLIENT | SMTP_CAP_BINARYMIME | SMTP_CAP_STARTTLS | SMTP_CAP_AUTH);
     check_ehlo(LIT("250-mx\r\n250-pipelining\r\n250-Chunking\r\n250-size\r\n"
                    "250-8bitmime\r\n250-xclient NAME\r\n250 binarymime\r\n"),
                false,
@@ -572,15 +574,16 @@ static void test_ehlo_edit(void)
     char out[8];
     size_t out_len = 99;
     unsigned caps = 99;
-    CHECK_INT(smtp_ehlo_edit(NULL, &out_len, &caps, 0, LIT("250 mx\r\n"), false), SMTP_TOO_LONG);
+    CHECK_INT(smtp_ehlo_edit(NULL, &out_len, &caps, 0, LIT("250 mx\r\n"), false, 0), SMTP_TOO_LONG);
     CHECK_INT(out_len, 0);
-    CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), LIT("250 mx\r\n"), true),
+    CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), LIT("250 mx\r\n"), true, 0),
               SMTP_TOO_LONG);
-    CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), LIT("250 mx\r\n"), false), SMTP_OK);
+    CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), LIT("250 mx\r\n"), false, 0),
+              SMTP_OK);
     CHECK_LIT(out, out_len, "250 mx\r\n");
     /* A syntax error wins over a full output. */
     CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out),
-                             LIT("250-a long greeting line\r\n550 x\r\n"), false),
+                             LIT("250-a long greeting line\r\n550 x\r\n"), false, 0),
               SMTP_BAD_SYNTAX);
 
     /* A realistic large reply, at the bound for CRLF input. */
@@ -593,7 +596,7 @@ static void test_ehlo_edit(void)
     }
     reply_len += (size_t)snprintf(reply + reply_len, sizeof(reply) - reply_len, "250 LAST\r\n");
     char big_out[SMTP_EHLO_REPLY_MAX + 16];
-    CHECK_INT(smtp_ehlo_edit(big_out, &out_len, &caps, reply_len + 16, reply, reply_len, true),
+    CHECK_INT(smtp_ehlo_edit(big_out, &out_len, &caps, reply_len + 16, reply, reply_len, true, 0),
               SMTP_OK);
     CHECK_INT(out_len, reply_len); /* "250-STARTTLS\r\n" moved to "250 STARTTLS\r\n" */
     CHECK_INT(caps, SMTP_CAP_STARTTLS);
@@ -1076,8 +1079,31 @@ static void test_ehlo_caps(void)
     CHECK_INT(smtp_ehlo_caps(&caps, refused, sizeof(refused) - 1), SMTP_BAD_SYNTAX);
 }
 
+static void test_ehlo_drop_and_params(void)
+{
+    static const char reply[] = "250-mx.example\r\n250-XCLIENT NAME ADDR HELO\r\n"
+                                "250-AUTH PLAIN\r\n250 8BITMIME\r\n";
+    char out[256];
+    size_t out_len = 0;
+    unsigned caps = 0;
+    CHECK_INT(smtp_ehlo_edit(out, &out_len, &caps, sizeof(out), reply, sizeof(reply) - 1, false,
+                             SMTP_CAP_XCLIENT | SMTP_CAP_AUTH),
+              SMTP_OK);
+    CHECK_MEM(out, out_len, "250-mx.example\r\n250 8BITMIME\r\n", 30);
+    CHECK_INT(caps, SMTP_CAP_XCLIENT | SMTP_CAP_AUTH | SMTP_CAP_8BITMIME);
+    const char *params = NULL;
+    size_t params_len = 0;
+    CHECK(smtp_ehlo_params(&params, &params_len, reply, sizeof(reply) - 1, "XCLIENT"));
+    CHECK_MEM(params, params_len, "NAME ADDR HELO", 14);
+    CHECK(smtp_ehlo_params(&params, &params_len, reply, sizeof(reply) - 1, "8BITMIME"));
+    CHECK_INT(params_len, 0);
+    CHECK(!smtp_ehlo_params(&params, &params_len, reply, sizeof(reply) - 1, "MX.EXAMPLE"));
+    CHECK(!smtp_ehlo_params(&params, &params_len, reply, sizeof(reply) - 1, "XCLIENTX"));
+}
+
 int main(void)
 {
+    test_ehlo_drop_and_params();
     test_ehlo_caps();
     test_line_find();
     test_command_verbs();
