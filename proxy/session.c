@@ -1568,9 +1568,15 @@ static void session_ehlo_reply_done(struct session *s, int code)
     size_t out_len = 0;
     unsigned caps = 0;
     bool add_starttls = s->offer_starttls && !s->front.tls_active;
-    /* XCLIENT would let any client tell an upstream that trusts us who it is. */
+    /* XCLIENT would let any client tell an upstream that trusts us who it is. AUTH that
+     * the upstream offers inside TLS would invite a cleartext client to send its password
+     * in the clear on leg 1: it is shown only when leg 1 is encrypted too. */
+    unsigned drop = SMTP_CAP_XCLIENT;
+    if (s->back.tls_active && !s->front.tls_active) {
+        drop |= SMTP_CAP_AUTH;
+    }
     if (smtp_ehlo_edit(buf_tail(to), &out_len, &caps, cap, buf_head(&s->ehlo_reply), len,
-                       add_starttls, SMTP_CAP_XCLIENT) != SMTP_OK) {
+                       add_starttls, drop) != SMTP_OK) {
         buf_cleanup(&s->ehlo_reply);
         session_back_failed(s, "bad-ehlo-reply");
         return;
@@ -1798,8 +1804,13 @@ static void session_back_go_cleartext(struct session *s, struct buf *reply, int 
 
 static void session_back_fail_required(struct session *s, const char *reason)
 {
-    metrics_inc(METRICS_BACK_REQUIRE_FAILURES);
-    log_warn(s->id, "back-tls-required-failed", "upstream=%s reason=\"%s\"", s->back_addr, reason);
+    bool required = s->back_policy == CONF_BACK_STARTTLS_REQUIRE;
+    if (required) {
+        metrics_inc(METRICS_BACK_REQUIRE_FAILURES);
+    }
+    /* With require, or with fallback = off (or no step left), nothing goes in cleartext. */
+    log_warn(s->id, required ? "back-tls-required-failed" : "back-tls-no-fallback",
+             "upstream=%s reason=\"%s\"", s->back_addr, reason);
     session_finish(s, "upstream-tls-failed", "421 4.7.0",
                    "TLS to the upstream failed, try again later");
 }
@@ -1920,6 +1931,22 @@ static void session_back_tls_begin(struct session *s)
     session_back_tls_input(s);
 }
 
+/* session_alert_reason turns "received alert: handshake failure" into the alert's name as
+ * TLS-RPT reports and the logs show it: "tls-alert:handshake_failure". */
+static void session_alert_reason(char *out, size_t out_size, const char *text)
+{
+    static const char prefix[] = "received alert: ";
+    if (strncmp(text, prefix, sizeof(prefix) - 1) == 0) {
+        text += sizeof(prefix) - 1;
+    }
+    int n = snprintf(out, out_size, "tls-alert:%s", text);
+    for (size_t i = 10; n > 0 && i < (size_t)n && i < out_size; i++) {
+        if (out[i] == ' ') {
+            out[i] = '_';
+        }
+    }
+}
+
 /* session_back_tls_failure_reason names a failed handshake, RFC 8460 style where one fits. */
 static void session_back_tls_failure_reason(struct session *s, char *out, size_t out_size)
 {
@@ -1932,7 +1959,7 @@ static void session_back_tls_failure_reason(struct session *s, char *out, size_t
                                                             : "eof-during-handshake");
         return;
     case TLSIO_FAILURE_ALERT:
-        snprintf(out, out_size, "tls-alert:%s", text);
+        session_alert_reason(out, out_size, text);
         return;
     case TLSIO_FAILURE_VERIFY:
         const char *verify_text;
@@ -2016,7 +2043,7 @@ static void session_back_tls_broken(struct session *s)
         snprintf(reason, sizeof(reason), "tls-eof-without-close-notify");
         break;
     case TLSIO_FAILURE_ALERT:
-        snprintf(reason, sizeof(reason), "tls-alert:%s", tlsio_reason(t));
+        session_alert_reason(reason, sizeof(reason), tlsio_reason(t));
         break;
     default:
         snprintf(reason, sizeof(reason), "tls-error:%s", tlsio_reason(t));

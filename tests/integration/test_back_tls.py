@@ -55,6 +55,19 @@ def test_real_tls_upstream_aiosmtpd(make_aio_upstream, make_proxy):
     assert_back_tls(line, "TLSv1.3")
 
 
+def test_auth_offered_inside_tls_only_reaches_tls_clients(make_aio_upstream, make_proxy):
+    """aiosmtpd offers AUTH only inside TLS. When leg 2 is TLS and leg 1 is not, the client
+    must not see AUTH (it would send its password in the clear on leg 1); after its own
+    STARTTLS it does."""
+    up = make_aio_upstream(starttls=True)
+    proxy = make_proxy(up.addr, back_extra(client_tls={"starttls": "offer"}))
+    r = smtplib_send(proxy.port, body("auth-clear"))
+    assert "auth" not in r.features, r.features
+    r = smtplib_send(proxy.port, body("auth-tls"), client_starttls=True)
+    assert "auth" in r.features, r.features
+    assert len(up.wait_messages(2)) == 2
+
+
 def test_tls_ok_fake(make_tls_fake, make_proxy):
     up = make_tls_fake("tls-ok")
     proxy = make_proxy(up.addr, back_extra())
