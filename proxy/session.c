@@ -159,6 +159,25 @@ static const char *const session_starttls_names[] = {
     [SESSION_STARTTLS_FAILED] = "failed",
 };
 
+/* An IPv4 or IPv6 socket address in 28 bytes rather than sockaddr_storage's 128: a session
+ * keeps four, and idle sessions are counted in bytes (the 4 KB target). */
+union session_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+};
+
+/* session_addr_set copies an IPv4 or IPv6 address; any other family is left unset. */
+static void session_addr_set(union session_addr *out, const struct sockaddr *sa)
+{
+    memset(out, 0, sizeof(*out));
+    if (sa->sa_family == AF_INET) {
+        memcpy(&out->in, sa, sizeof(out->in));
+    } else if (sa->sa_family == AF_INET6) {
+        memcpy(&out->in6, sa, sizeof(out->in6));
+    }
+}
+
 struct session_pending {
     uint8_t kind;     /* enum session_pending_kind */
     uint8_t local;    /* enum session_local_reply, for SESSION_PENDING_LOCAL */
@@ -231,7 +250,7 @@ struct session {
     /* Leg 2: STARTTLS towards the upstream and the retries when it fails. */
     struct buf client_ehlo; /* the client's first EHLO/HELO line, replayed on retries */
     struct buf saved_ehlo;  /* the cleartext EHLO reply, kept while STARTTLS is tried */
-    struct sockaddr_storage back_sa;
+    union session_addr back_sa;
     enum conf_back_starttls back_policy;
     uint8_t back_next_step;   /* index into conf->back_tls.fallback_steps */
     bool client_helo;         /* the client greeted with HELO */
@@ -264,9 +283,9 @@ struct session {
     uint64_t timer_due;      /* when the libuv timer fires; never after |deadline| */
     uint64_t messages;
     const char *end_reason;
-    struct sockaddr_storage front_sa;  /* the client (from a PROXY header when configured) */
-    struct sockaddr_storage local_sa;  /* the address the client connected to */
-    struct sockaddr_storage target_sa; /* transparent mode: the original destination */
+    union session_addr front_sa;  /* the client (from a PROXY header when configured) */
+    union session_addr local_sa;  /* the address the client connected to */
+    union session_addr target_sa; /* transparent mode: the original destination */
     char front_addr[SESSION_ADDR_MAX];
     char back_addr[SESSION_ADDR_MAX];
 };
@@ -2644,7 +2663,7 @@ static int session_back_spoof_socket(struct session *s, int family)
         return -errno;
     }
     int on = 1;
-    struct sockaddr_storage from = s->front_sa;
+    union session_addr from = s->front_sa;
     if (family == AF_INET6) {
         ((struct sockaddr_in6 *)&from)->sin6_port = 0;
     } else {
@@ -2667,8 +2686,7 @@ static int session_back_spoof_socket(struct session *s, int family)
 
 static void session_back_connect_to(struct session *s, const struct sockaddr *sa)
 {
-    memcpy(&s->back_sa, sa,
-           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    session_addr_set(&s->back_sa, sa);
     session_format_addr(s->back_addr, sizeof(s->back_addr), sa);
     int rc = uv_tcp_init(&s->worker->loop, &s->back.tcp);
     if (rc != 0) {
@@ -2725,7 +2743,7 @@ static void session_back_connect_again(struct session *s)
     s->back_retrying = true;
     smtp_reply_parser_init(&s->reply_parser);
     session_enter(s, SESSION_BACK_CONNECTING);
-    struct sockaddr_storage sa = s->back_sa;
+    union session_addr sa = s->back_sa;
     session_back_connect_to(s, (const struct sockaddr *)&sa);
 }
 
@@ -2910,15 +2928,15 @@ static bool session_is_local_address(const struct sockaddr *sa)
     if (fd == -1) {
         return false;
     }
-    struct sockaddr_storage probe;
-    memcpy(&probe, sa, sizeof(probe));
+    union session_addr probe;
+    session_addr_set(&probe, sa);
     socklen_t len;
     if (sa->sa_family == AF_INET6) {
-        ((struct sockaddr_in6 *)&probe)->sin6_port = 0;
-        len = sizeof(struct sockaddr_in6);
+        probe.in6.sin6_port = 0;
+        len = sizeof(probe.in6);
     } else {
-        ((struct sockaddr_in *)&probe)->sin_port = 0;
-        len = sizeof(struct sockaddr_in);
+        probe.in.sin_port = 0;
+        len = sizeof(probe.in);
     }
     bool local = bind(fd, (const struct sockaddr *)&probe, len) == 0;
     close(fd);
@@ -2944,10 +2962,10 @@ static bool session_find_target(struct session *s)
     uv_fileno((uv_handle_t *)&s->front.tcp, &fd);
     struct sockaddr_storage dst;
     socklen_t len = sizeof(dst);
-    bool v6 = s->local_sa.ss_family == AF_INET6;
+    bool v6 = s->local_sa.sa.sa_family == AF_INET6;
     if (getsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? IP6T_SO_ORIGINAL_DST : SO_ORIGINAL_DST, &dst,
                    &len) == 0) {
-        s->target_sa = dst;
+        session_addr_set(&s->target_sa, (const struct sockaddr *)&dst);
     } else {
         s->target_sa = s->local_sa;
     }
@@ -2999,7 +3017,7 @@ static void session_front_proxy_header(struct session *s)
     if (header.family == PROXYPROTO_TCP4 || header.family == PROXYPROTO_TCP6) {
         char via[SESSION_ADDR_MAX];
         memcpy(via, s->front_addr, sizeof(via));
-        s->front_sa = header.src;
+        session_addr_set(&s->front_sa, (const struct sockaddr *)&header.src);
         session_format_addr(s->front_addr, sizeof(s->front_addr),
                             (const struct sockaddr *)&s->front_sa);
         log_debug(s->id, "proxy-header", "client=%s via=%s", s->front_addr, via);
@@ -3065,12 +3083,15 @@ void session_accept(struct worker *w, uv_stream_t *server)
     int peer_len = sizeof(peer);
     if (uv_tcp_getpeername(&s->front.tcp, (struct sockaddr *)&peer, &peer_len) == 0) {
         session_format_addr(s->front_addr, sizeof(s->front_addr), (struct sockaddr *)&peer);
-        s->front_sa = peer;
+        session_addr_set(&s->front_sa, (const struct sockaddr *)&peer);
     } else {
         snprintf(s->front_addr, sizeof(s->front_addr), "?");
     }
-    int local_len = sizeof(s->local_sa);
-    uv_tcp_getsockname(&s->front.tcp, (struct sockaddr *)&s->local_sa, &local_len);
+    struct sockaddr_storage local;
+    int local_len = sizeof(local);
+    if (uv_tcp_getsockname(&s->front.tcp, (struct sockaddr *)&local, &local_len) == 0) {
+        session_addr_set(&s->local_sa, (const struct sockaddr *)&local);
+    }
     log_debug(s->id, "accepted", "client=%s", s->front_addr);
 
     unsigned open = ++worker_connections;
