@@ -273,6 +273,26 @@ int health_probe(const struct conf *conf, char *out_msg, size_t out_msg_len)
         return -1;
     }
 
+    /* Behind a load balancer the listener wants a PROXY header first: send the one for
+     * a health check (v2 LOCAL, or v1 UNKNOWN), which keeps the real peer address. */
+    static const char v2_local[16] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51,
+                                      0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00};
+    static const char v1_unknown[] = "PROXY UNKNOWN\r\n";
+    const char *header = NULL;
+    size_t header_len = 0;
+    if (conf->proxy_protocol == CONF_PROXY_PROTOCOL_V1) {
+        header = v1_unknown;
+        header_len = sizeof(v1_unknown) - 1;
+    } else if (conf->proxy_protocol != CONF_PROXY_PROTOCOL_OFF) {
+        header = v2_local;
+        header_len = sizeof(v2_local);
+    }
+    if (header != NULL && send(p.fd, header, header_len, MSG_NOSIGNAL) != (ssize_t)header_len) {
+        snprintf(out_msg, out_msg_len, "%s: sending the PROXY header: %s", where, strerror(errno));
+        close(p.fd);
+        return -1;
+    }
+
     int code = 0;
     int err = 0;
     char line[HEALTH_QUOTE_MAX + 8] = "";

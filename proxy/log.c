@@ -124,8 +124,21 @@ static void log_pairs_to_json(char *out, size_t out_size, size_t *pos, const cha
             log_append(out, out_size, pos, ",\"%.*s\":%.*s", (int)key_len, key, (int)value_len,
                        value);
         } else {
-            log_append(out, out_size, pos, ",\"%.*s\":\"%.*s\"", (int)key_len, key, (int)value_len,
-                       value);
+            /* log_escape() wrote odd bytes as \xHH, which JSON does not know: \u00HH. */
+            log_append(out, out_size, pos, ",\"%.*s\":\"", (int)key_len, key);
+            for (size_t i = 0; i < value_len; i++) {
+                if (value[i] == '\\' && i + 3 < value_len && value[i + 1] == 'x') {
+                    log_append(out, out_size, pos, "\\u00%.2s", value + i + 2);
+                    i += 3;
+                } else if (value[i] == '\\') {
+                    log_append(out, out_size, pos, "\\\\");
+                } else if ((unsigned char)value[i] < 0x20) {
+                    log_append(out, out_size, pos, "\\u%04x", (unsigned char)value[i]);
+                } else {
+                    log_append(out, out_size, pos, "%c", value[i]);
+                }
+            }
+            log_append(out, out_size, pos, "\"");
         }
     }
 }

@@ -137,11 +137,14 @@ static int main_bind_listeners(int (*fds)[CONF_LISTEN_MAX], char *err, size_t er
                 kept ? -1 : listener_bind(&conf->listen[i], conf->mode == CONF_MODE_TRANSPARENT);
             if (!kept && fds[w][i] < 0) {
                 int e = -fds[w][i];
+                const char *hint = "";
+                if (e == EPERM && conf->mode == CONF_MODE_TRANSPARENT) {
+                    hint = " (transparent mode needs CAP_NET_ADMIN for IP_TRANSPARENT)";
+                } else if (e == EACCES && conf->listen[i].port < 1024) {
+                    hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)";
+                }
                 snprintf(err, err_len, "%s: listen: cannot listen on %s:%u: %s%s", conf->path,
-                         conf->listen[i].host, (unsigned)conf->listen[i].port, strerror(e),
-                         e == EACCES && conf->listen[i].port < 1024
-                             ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-                             : "");
+                         conf->listen[i].host, (unsigned)conf->listen[i].port, strerror(e), hint);
                 fds[w][i] = -1;
                 for (unsigned x = 0; x < n_workers; x++) {
                     for (size_t k = 0; k <= i; k++) {
@@ -236,13 +239,23 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
         }
         return;
     }
-    if (conf->workers != old->workers || (conf->user == NULL) != (old->user == NULL) ||
-        conf->metrics_enabled != old->metrics_enabled ||
+    /* Settings that only a restart can change: say which, the rest applies now. */
+    char restart[96] = "";
+    if (conf->workers != old->workers) {
+        strcat(restart, " workers");
+    }
+    if ((conf->user == NULL) != (old->user == NULL) ||
+        (conf->user != NULL && strcmp(conf->user, old->user) != 0)) {
+        strcat(restart, " user");
+    }
+    if (conf->metrics_enabled != old->metrics_enabled ||
         (conf->metrics_enabled &&
          !listener_same_addr(&conf->metrics_listen, &old->metrics_listen))) {
-        log_warn(0, "reload-restart-needed",
-                 "keys=\"workers, user, [metrics] listen\" "
-                 "note=\"changes to these take effect at restart\"");
+        strcat(restart, " [metrics]listen");
+    }
+    if (restart[0] != '\0') {
+        log_warn(0, "reload-restart-needed", "keys=\"%s\" note=\"these take effect at restart\"",
+                 restart + 1);
     }
     bool self_signed;
     struct runtime *fresh = main_runtime(err, sizeof(err), &self_signed, conf);
@@ -325,10 +338,13 @@ int main(int argc, char **argv)
     struct conf *conf = main_load_conf(path);
     if (health) {
         char msg[HEALTH_MSG_MAX];
-        int rc = conf != NULL ? health_probe(conf, msg, sizeof(msg)) : -1;
+        int rc = -1;
         if (conf != NULL) {
-            printf("%s: %s\n", rc == 0 ? "healthy" : "unhealthy", msg);
+            rc = health_probe(conf, msg, sizeof(msg));
+        } else {
+            snprintf(msg, sizeof(msg), "configuration error (see above)");
         }
+        printf("%s: %s\n", rc == 0 ? "healthy" : "unhealthy", msg);
         conf_free(conf);
         return rc == 0 ? 0 : 1;
     }
@@ -423,8 +439,14 @@ int main(int argc, char **argv)
         }
     }
     main_log_listening(conf, n_workers);
-    log_info(0, "started", "version=%s upstream=%s:%u hostname=%s", PROXY_VERSION,
-             conf->upstream.host, (unsigned)conf->upstream.port, conf->hostname);
+    if (conf->mode == CONF_MODE_TRANSPARENT) {
+        log_info(0, "started",
+                 "version=%s mode=transparent upstream=original-destination hostname=%s",
+                 PROXY_VERSION, conf->hostname);
+    } else {
+        log_info(0, "started", "version=%s upstream=%s:%u hostname=%s", PROXY_VERSION,
+                 conf->upstream.host, (unsigned)conf->upstream.port, conf->hostname);
+    }
 
     /* SIGTERM/SIGINT: the first drains; another one during the drain stops at once. */
     bool draining = false;

@@ -11,6 +11,8 @@ import re
 import subprocess
 import time
 
+import pytest
+
 import harness
 
 
@@ -72,3 +74,16 @@ def test_bad_config_is_unhealthy(proxy_bin, tmp_path):
     rc, out, err, _ = health(proxy_bin, str(ini))
     assert rc == 1, (out, err)
     assert re.search(r"bad\.ini:2: mode: ", err), err
+    assert out == "unhealthy: configuration error (see above)\n", out
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "any"])
+def test_healthy_behind_proxy_protocol(proxy_bin, aio_upstream, make_proxy, version):
+    """A listener that wants a PROXY header first: the probe sends a health-check header
+    (v1 UNKNOWN, v2 LOCAL) and gets the greeting, and the proxy logs no bad header."""
+    proxy = make_proxy(aio_upstream.addr, {"proxy": {"proxy_protocol": version}})
+    rc, out, err, _ = health(proxy_bin, proxy.ini_path)
+    assert rc == 0, (out, err)
+    assert out.startswith(f"healthy: 127.0.0.1:{proxy.port}: 220 "), out
+    proxy.wait_session_line(end="quit")
+    assert "proxy-header-bad" not in proxy.stderr()

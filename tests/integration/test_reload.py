@@ -99,3 +99,21 @@ def test_broken_file_keeps_the_old_config(make_aio_upstream, make_proxy):
     deliver(port, "still")
     harness.wait_for(lambda: len(a.messages) == 1, 10, what="delivery to the old upstream")
     assert b.messages == []
+
+
+def test_json_log_lines_stay_json_with_escaped_text(make_aio_upstream, make_proxy):
+    """Received or configured text is escaped before it is logged (\\xHH in text format);
+    in JSON format every line must still parse, with the text intact."""
+    import json
+    a = make_aio_upstream()
+    proxy = make_proxy(a.addr, {"log": {"format": "json"}})
+    broken = harness.base_sections([f"127.0.0.1:{proxy.port}"], a.addr,
+                                   {"proxy": {"mode": 'f"w\\d'}, "log": {"format": "json"}})
+    rewrite(proxy, broken)
+    before = proxy.stderr().count('"reload-failed"')
+    proxy.signal(signal.SIGHUP)
+    harness.wait_for(lambda: proxy.stderr().count('"reload-failed"') > before, 10,
+                     what="a reload-failed line")
+    events = [json.loads(line) for line in proxy.stderr().splitlines() if line.startswith("{")]
+    errors = [e for e in events if e["event"] == "config-error"]
+    assert any('mode: "f"w\\d" is not valid' in e["error"] for e in errors), errors
