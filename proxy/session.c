@@ -1463,16 +1463,29 @@ static void session_front_eof(struct session *s, const char *reason)
     session_front_process(s);
 }
 
+/* session_side_received keeps |nread| bytes that libuv read into the buffer
+ * session_on_alloc handed out (ciphertext once TLS started), or marks the end of the
+ * stream. Returns false when there is nothing to do. */
+static bool session_side_received(struct session_side *side, ssize_t nread)
+{
+    if (nread == 0) {
+        return false; /* EAGAIN, not the end of the stream */
+    }
+    if (nread > 0) {
+        buf_commit(side->tls_started ? &side->tls_raw : &side->in, (size_t)nread);
+        side->bytes_read += (uint64_t)nread;
+    } else {
+        side->eof = true;
+    }
+    return true;
+}
+
 static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
 {
     struct session *s = stream->data;
     (void)b;
-    if (nread == 0) {
+    if (!session_side_received(&s->front, nread)) {
         return;
-    }
-    if (nread > 0) {
-        buf_commit(s->front.tls_started ? &s->front.tls_raw : &s->front.in, (size_t)nread);
-        s->front.bytes_read += (uint64_t)nread;
     }
     switch (s->state) {
     case SESSION_RELAY:
@@ -1483,17 +1496,11 @@ static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_b
         }
         break;
     case SESSION_FRONT_PROXY_HEADER:
-        if (nread < 0) {
-            s->front.eof = true;
-        }
         session_front_proxy_header(s);
         break;
     case SESSION_FRONT_HANDSHAKE:
-        if (nread < 0) {
-            s->front.eof = true;
-            if (s->front.tls_started) {
-                tlsio_feed_eof(&s->front.tls);
-            }
+        if (nread < 0 && s->front.tls_started) {
+            tlsio_feed_eof(&s->front.tls);
         }
         if (!s->front.tls_started) {
             /* Sent before our 220 was out: an injection attempt, never a handshake. */
@@ -2505,17 +2512,11 @@ static void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_bu
 {
     struct session *s = stream->data;
     (void)b;
-    if (nread == 0) {
+    if (!session_side_received(&s->back, nread)) {
         return;
     }
-    if (nread > 0) {
-        buf_commit(s->back.tls_started ? &s->back.tls_raw : &s->back.in, (size_t)nread);
-        s->back.bytes_read += (uint64_t)nread;
-    } else {
-        s->back.eof = true;
-        if (s->back.tls_started) {
-            tlsio_feed_eof(&s->back.tls);
-        }
+    if (nread < 0 && s->back.tls_started) {
+        tlsio_feed_eof(&s->back.tls);
     }
     switch (s->state) {
     case SESSION_BACK_HANDSHAKE:
