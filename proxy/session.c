@@ -54,7 +54,8 @@
 #define SESSION_ADDR_MAX 56
 
 enum session_state {
-    SESSION_BACK_RESOLVING = 0, /* waiting for the upstream name to resolve */
+    SESSION_ACCEPTED = 0,       /* accepted; nothing asked of either side yet */
+    SESSION_BACK_RESOLVING,     /* waiting for the upstream name to resolve */
     SESSION_FRONT_PROXY_HEADER, /* waiting for the load balancer's PROXY header */
     SESSION_BACK_CONNECTING,    /* waiting for the TCP connection to the upstream */
     SESSION_BACK_GREETING,      /* waiting for the upstream's greeting */
@@ -293,6 +294,8 @@ struct session {
 static const char *session_state_name(enum session_state state)
 {
     switch (state) {
+    case SESSION_ACCEPTED:
+        return "accepted";
     case SESSION_BACK_RESOLVING:
         return "back-resolving";
     case SESSION_BACK_CONNECTING:
@@ -815,6 +818,7 @@ static void session_arm_timer(struct session *s)
     const struct conf *c = s->conf;
     uint64_t ms = c->timeouts.command_ms;
     switch (s->state) {
+    case SESSION_ACCEPTED:
     case SESSION_BACK_RESOLVING:
     case SESSION_BACK_CONNECTING:
         ms = c->timeouts.connect_ms;
@@ -2779,6 +2783,9 @@ static void session_back_start(struct session *s)
         session_back_connect_next(s);
         return;
     }
+    /* Entered explicitly: the session may come from SESSION_FRONT_PROXY_HEADER, and the
+     * resolver's answer is taken only in this state. */
+    session_enter(s, SESSION_BACK_RESOLVING);
     s->resolve_req = malloc(sizeof(*s->resolve_req));
     if (s->resolve_req == NULL) {
         session_abort(s, "out-of-memory");
@@ -2814,6 +2821,7 @@ static void session_on_timeout(uv_timer_t *timer)
         return;
     }
     switch (s->state) {
+    case SESSION_ACCEPTED:
     case SESSION_BACK_RESOLVING:
         log_warn(s->id, "upstream-timeout", "upstream=%s phase=resolve", s->conf->upstream.host);
         session_connect_failed(s);
@@ -2894,7 +2902,7 @@ static struct session *session_new(struct worker *w)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     s->id = z ^ (z >> 31);
-    s->state = SESSION_BACK_RESOLVING;
+    s->state = SESSION_ACCEPTED;
     s->started_ms = uv_now(&w->loop);
     buf_init(&s->front.in);
     buf_init(&s->front.out);
