@@ -1,6 +1,6 @@
 /*
- * metrics: the process-wide counters, gauges and histograms, their Prometheus text
- * exposition (format 0.0.4), and the minimal HTTP/1.x responder the metrics endpoint needs.
+ * metrics: the process-wide counters, gauges and histograms and their Prometheus text
+ * exposition (format 0.0.4). The HTTP the endpoint speaks is in http.h.
  *
  * Nothing here does I/O, allocates memory or logs. Updates are relaxed C11 atomics, safe
  * from any worker thread without locks; the set of series is fixed at compile time.
@@ -141,53 +141,5 @@ size_t metrics_render(char *out, size_t out_cap);
 /* metrics_render_max returns the buffer size that always suffices for metrics_render()
  * (computed from the fixed text with every value at its widest). */
 size_t metrics_render_max(void);
-
-/* The longest request head accepted, request line, headers and the blank line included. */
-#define METRICS_HTTP_HEAD_MAX 4096
-/* The most bytes metrics_http_response() writes, its NUL included. */
-#define METRICS_HTTP_RESPONSE_MAX 256
-
-enum metrics_http_result {
-    METRICS_HTTP_NEED_MORE = 0, /* no blank line yet: call again with more bytes */
-    METRICS_HTTP_METRICS,       /* GET or HEAD /metrics: answer 200 */
-    METRICS_HTTP_NOT_FOUND,     /* GET or HEAD of another target: 404 */
-    METRICS_HTTP_BAD_METHOD,    /* a well-formed request with another method: 405 */
-    METRICS_HTTP_BAD_REQUEST,   /* not a well-formed HTTP/1.0 or 1.1 request head: 400 */
-    METRICS_HTTP_TOO_LARGE,     /* no end of head in METRICS_HTTP_HEAD_MAX bytes: 431 */
-};
-
-/*
- * metrics_http_parse reads the request head at the start of |data|, the |len| bytes
- * received so far on a connection (call it again with all of them as more arrive). The
- * head ends at the first empty line ("\r\n" or "\n"). Only the request line is judged:
- * METHOD SP target SP HTTP/1.0|HTTP/1.1, single spaces, case-sensitive. Methods GET and
- * HEAD are served; other tokens (including "get") are BAD_METHOD. The target is
- * origin-form ("/metrics"), or absolute-form ("http://host/metrics", which RFC 9112 says
- * servers must accept) whose path is used; a query ("/metrics?x") is ignored; no
- * percent-decoding ("/%6detrics" is NOT_FOUND). Headers are skipped unread, a body is
- * never read (the response closes the connection). NUL or a CR not followed by LF anywhere
- * in the head, a blank first line, or any other deviation is BAD_REQUEST.
- *
- * *out_consumed is the head's length (1..METRICS_HTTP_HEAD_MAX) when the head was
- * complete, else 0. *out_head is true for METRICS and NOT_FOUND when the method was
- * HEAD (answer without a body), else false. Once the result is not NEED_MORE it stays the same
- * for any bytes that extend |data|; NEED_MORE never comes once len >= METRICS_HTTP_HEAD_MAX.
- */
-enum metrics_http_result metrics_http_parse(size_t *out_consumed, bool *out_head, const char *data,
-                                            size_t len);
-
-/* metrics_http_status returns the HTTP status for a result other than NEED_MORE: 200,
- * 404, 405, 400 or 431 (and 500 for NEED_MORE, which has none). */
-int metrics_http_status(enum metrics_http_result result);
-
-/*
- * metrics_http_response writes an HTTP/1.1 response head into |out|: status line (|status|
- * is 100..999; 200, 400, 404, 405, 408, 431, 500 and 503 get their reason phrases, others
- * "Error"), Content-Type (text/plain; version=0.0.4; charset=utf-8 for 200, text/plain;
- * charset=utf-8 otherwise), Content-Length |body_len|, "Allow: GET, HEAD" for 405,
- * Connection: close, and the blank line. The body, if any, is the caller's. Returns and
- * terminates like metrics_render(); never more than METRICS_HTTP_RESPONSE_MAX - 1.
- */
-size_t metrics_http_response(char *out, size_t out_cap, int status, size_t body_len);
 
 #endif

@@ -1,8 +1,8 @@
 /*
  * metrics_http: GET /metrics over HTTP/1.x, one response per connection, then close.
  *
- * The request head is parsed by metrics_http_parse() (pure, fuzzed); this file only moves
- * bytes. At most METRICS_HTTP_CONNS connections at once, each closed after
+ * The request head is parsed by http_request_parse() (http.c: pure, fuzzed); this file
+ * only moves bytes. At most METRICS_HTTP_CONNS connections at once, each closed after
  * METRICS_HTTP_TIMEOUT_MS whatever it is doing.
  */
 #include "metrics_http.h"
@@ -12,6 +12,7 @@
 
 #include <uv.h>
 
+#include "http.h"
 #include "learn.h"
 #include "log.h"
 #include "metrics.h"
@@ -35,8 +36,8 @@ struct metrics_http_conn {
     int n_handles;
     bool answered;
     size_t in_len;
-    char in[METRICS_HTTP_HEAD_MAX];
-    char head[METRICS_HTTP_RESPONSE_MAX];
+    char in[HTTP_HEAD_MAX];
+    char head[HTTP_RESPONSE_MAX];
     char *body;
 };
 
@@ -72,12 +73,12 @@ static void metrics_http_on_written(uv_write_t *req, int status)
     metrics_http_close(req->data);
 }
 
-static void metrics_http_answer(struct metrics_http_conn *c, enum metrics_http_result result,
+static void metrics_http_answer(struct metrics_http_conn *c, enum http_result result,
                                 bool head_only)
 {
     c->answered = true;
     uv_read_stop((uv_stream_t *)&c->tcp);
-    int status = metrics_http_status(result);
+    int status = http_status(result);
     size_t body_len = 0;
     if (status == 200) {
         struct worker_shared *shared = c->srv->shared;
@@ -93,7 +94,7 @@ static void metrics_http_answer(struct metrics_http_conn *c, enum metrics_http_r
         }
         body_len = metrics_render(c->body, cap);
     }
-    size_t head_len = metrics_http_response(c->head, sizeof(c->head), status, body_len);
+    size_t head_len = http_response_head(c->head, sizeof(c->head), status, body_len);
     uv_buf_t bufs[2] = {uv_buf_init(c->head, (unsigned)head_len),
                         uv_buf_init(c->body, (unsigned)body_len)};
     c->write_req.data = c;
@@ -123,12 +124,12 @@ static void metrics_http_on_read(uv_stream_t *stream, ssize_t nread, const uv_bu
     c->in_len += (size_t)nread;
     size_t consumed = 0;
     bool head_only = false;
-    enum metrics_http_result r = metrics_http_parse(&consumed, &head_only, c->in, c->in_len);
-    if (r == METRICS_HTTP_NEED_MORE && c->in_len < sizeof(c->in)) {
+    enum http_result r = http_request_parse(&consumed, &head_only, c->in, c->in_len);
+    if (r == HTTP_NEED_MORE && c->in_len < sizeof(c->in)) {
         return;
     }
-    if (r == METRICS_HTTP_NEED_MORE) {
-        r = METRICS_HTTP_TOO_LARGE;
+    if (r == HTTP_NEED_MORE) {
+        r = HTTP_TOO_LARGE;
     }
     metrics_http_answer(c, r, head_only);
 }

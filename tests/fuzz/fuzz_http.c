@@ -1,12 +1,12 @@
 /*
- * fuzz_http: libFuzzer target for metrics_http_parse(), the metrics endpoint's request
+ * fuzz_http: libFuzzer target for http_request_parse(), the metrics endpoint's request
  * parser. The first input byte seeds how the rest is cut into reads; the rest is parsed
  * whole and as growing prefixes (each a heap copy of its exact length, so ASan sees any
  * read past it). Checked: an answer once given never changes as bytes are added, the head
  * lies within the input and the cap, NEED_MORE never outlasts the cap, and the response
  * head for the answer fits its documented bound.
  */
-#include "metrics.h"
+#include "http.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,52 +21,52 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
         }                                                                                          \
     } while (0)
 
-static enum metrics_http_result fuzz_parse_copy(size_t *out_consumed, bool *out_head,
-                                                const uint8_t *data, size_t len)
+static enum http_result fuzz_parse_copy(size_t *out_consumed, bool *out_head, const uint8_t *data,
+                                        size_t len)
 {
     char *copy = malloc(len == 0 ? 1 : len);
     FUZZ_ASSERT(copy != NULL);
     if (len != 0) {
         memcpy(copy, data, len);
     }
-    enum metrics_http_result r = metrics_http_parse(out_consumed, out_head, copy, len);
+    enum http_result r = http_request_parse(out_consumed, out_head, copy, len);
     free(copy);
     return r;
 }
 
-static void fuzz_check(enum metrics_http_result r, size_t consumed, bool head, const uint8_t *data,
+static void fuzz_check(enum http_result r, size_t consumed, bool head, const uint8_t *data,
                        size_t len)
 {
     switch (r) {
-    case METRICS_HTTP_NEED_MORE:
-        FUZZ_ASSERT(len < METRICS_HTTP_HEAD_MAX);
+    case HTTP_NEED_MORE:
+        FUZZ_ASSERT(len < HTTP_HEAD_MAX);
         FUZZ_ASSERT(consumed == 0 && !head);
         return;
-    case METRICS_HTTP_TOO_LARGE:
-        FUZZ_ASSERT(len >= METRICS_HTTP_HEAD_MAX);
+    case HTTP_TOO_LARGE:
+        FUZZ_ASSERT(len >= HTTP_HEAD_MAX);
         FUZZ_ASSERT(consumed == 0 && !head);
         break;
-    case METRICS_HTTP_METRICS:
-    case METRICS_HTTP_NOT_FOUND:
+    case HTTP_METRICS:
+    case HTTP_NOT_FOUND:
         /* Served requests start with GET or HEAD, have no NUL, and end with a blank line. */
-        FUZZ_ASSERT(consumed >= 4 && consumed <= len && consumed <= METRICS_HTTP_HEAD_MAX);
+        FUZZ_ASSERT(consumed >= 4 && consumed <= len && consumed <= HTTP_HEAD_MAX);
         FUZZ_ASSERT(memcmp(data, head ? "HEAD " : "GET ", head ? 5 : 4) == 0);
         FUZZ_ASSERT(memchr(data, '\0', consumed) == NULL);
         FUZZ_ASSERT(data[consumed - 1] == '\n');
         FUZZ_ASSERT(data[consumed - 2] == '\n' ||
                     (data[consumed - 2] == '\r' && data[consumed - 3] == '\n'));
         break;
-    case METRICS_HTTP_BAD_METHOD:
-    case METRICS_HTTP_BAD_REQUEST:
-        FUZZ_ASSERT(consumed >= 1 && consumed <= len && consumed <= METRICS_HTTP_HEAD_MAX);
+    case HTTP_BAD_METHOD:
+    case HTTP_BAD_REQUEST:
+        FUZZ_ASSERT(consumed >= 1 && consumed <= len && consumed <= HTTP_HEAD_MAX);
         FUZZ_ASSERT(data[consumed - 1] == '\n');
         FUZZ_ASSERT(!head);
         break;
     default:
         FUZZ_ASSERT(0);
     }
-    char out[METRICS_HTTP_RESPONSE_MAX];
-    size_t n = metrics_http_response(out, sizeof(out), metrics_http_status(r), len);
+    char out[HTTP_RESPONSE_MAX];
+    size_t n = http_response_head(out, sizeof(out), http_status(r), len);
     FUZZ_ASSERT(n < sizeof(out) && strlen(out) == n);
 }
 
@@ -81,7 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     size_t whole_consumed;
     bool whole_head;
-    enum metrics_http_result whole = fuzz_parse_copy(&whole_consumed, &whole_head, in, len);
+    enum http_result whole = fuzz_parse_copy(&whole_consumed, &whole_head, in, len);
     fuzz_check(whole, whole_consumed, whole_head, in, len);
 
     /* The same bytes arriving in pieces: the first answer that is not NEED_MORE is the
@@ -97,14 +97,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         pos = len - pos < step ? len : pos + step;
         size_t consumed;
         bool head;
-        enum metrics_http_result r = fuzz_parse_copy(&consumed, &head, in, pos);
+        enum http_result r = fuzz_parse_copy(&consumed, &head, in, pos);
         fuzz_check(r, consumed, head, in, pos);
-        if (r != METRICS_HTTP_NEED_MORE) {
+        if (r != HTTP_NEED_MORE) {
             FUZZ_ASSERT(r == whole && consumed == whole_consumed && head == whole_head);
             break;
         }
         if (pos == len) {
-            FUZZ_ASSERT(whole == METRICS_HTTP_NEED_MORE);
+            FUZZ_ASSERT(whole == HTTP_NEED_MORE);
             break;
         }
     }
