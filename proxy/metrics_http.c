@@ -16,14 +16,14 @@
 #include "learn.h"
 #include "log.h"
 #include "metrics.h"
-#include "worker.h"
 
 #define METRICS_HTTP_CONNS 16
 #define METRICS_HTTP_TIMEOUT_MS 5000
 
 struct metrics_http_server {
     uv_tcp_t tcp;
-    struct worker_shared *shared;
+    struct learn *front_learned; /* sampled into the gauges at each scrape */
+    struct learn *back_failed;
     unsigned n_conns;
     bool closed; /* freed once closed and its last connection is gone */
 };
@@ -81,11 +81,10 @@ static void metrics_http_answer(struct metrics_http_conn *c, enum http_result re
     int status = http_status(result);
     size_t body_len = 0;
     if (status == 200) {
-        struct worker_shared *shared = c->srv->shared;
         metrics_gauge_set(METRICS_FRONT_LEARNED_ENTRIES,
-                          (int64_t)learn_count(shared->front_learned));
+                          (int64_t)learn_count(c->srv->front_learned));
         metrics_gauge_set(METRICS_BACK_REMEMBERED_ENTRIES,
-                          (int64_t)learn_count(shared->back_failed));
+                          (int64_t)learn_count(c->srv->back_failed));
         size_t cap = metrics_render_max();
         c->body = malloc(cap);
         if (c->body == NULL) {
@@ -173,8 +172,8 @@ static void metrics_http_on_connection(uv_stream_t *server, int status)
     uv_timer_start(&c->timer, metrics_http_on_timeout, METRICS_HTTP_TIMEOUT_MS, 0);
 }
 
-struct metrics_http_server *metrics_http_start(uv_loop_t *loop, int fd,
-                                               struct worker_shared *shared)
+struct metrics_http_server *metrics_http_start(uv_loop_t *loop, int fd, struct learn *front_learned,
+                                               struct learn *back_failed)
 {
     struct metrics_http_server *srv = calloc(1, sizeof(*srv));
     if (srv == NULL || uv_tcp_init(loop, &srv->tcp) != 0) {
@@ -182,7 +181,8 @@ struct metrics_http_server *metrics_http_start(uv_loop_t *loop, int fd,
         close(fd);
         return NULL;
     }
-    srv->shared = shared;
+    srv->front_learned = front_learned;
+    srv->back_failed = back_failed;
     srv->tcp.data = srv;
     if (uv_tcp_open(&srv->tcp, fd) != 0) {
         close(fd);

@@ -9,15 +9,16 @@
 
 #include <uv.h>
 
-struct worker_shared;
+struct learn;
 struct metrics_http_server;
 
 /*
  * metrics_http_start serves the bound, listening socket |fd| on |loop|. Returns the
- * server, or NULL (then |fd| is closed). |shared| gives the learned-memory sizes.
+ * server, or NULL (then |fd| is closed). The two learned-failure memories (borrowed; they
+ * must outlive the server) are sampled for their size gauges at each scrape.
  */
-struct metrics_http_server *metrics_http_start(uv_loop_t *loop, int fd,
-                                               struct worker_shared *shared);
+struct metrics_http_server *metrics_http_start(uv_loop_t *loop, int fd, struct learn *front_learned,
+                                               struct learn *back_failed);
 
 /* metrics_http_stop stops accepting; answers under way finish or time out on their own. */
 void metrics_http_stop(struct metrics_http_server *srv);

@@ -191,7 +191,7 @@ static void worker_main(void *arg)
 
 int worker_serve_metrics(struct worker *w, int fd)
 {
-    w->metrics = metrics_http_start(&w->loop, fd, w->shared);
+    w->metrics = metrics_http_start(&w->loop, fd, w->shared->front_learned, w->shared->back_failed);
     return w->metrics != NULL ? 0 : -1;
 }
 
