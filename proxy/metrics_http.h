@@ -1,8 +1,9 @@
 /*
  * metrics_http: the [metrics] listen endpoint. GET /metrics answers the Prometheus text
  * exposition, served from one worker's loop; every connection gets one response and is
- * closed. Connections are few and short-lived (a cap and a deadline each), so a slow or
- * hostile client costs little and never touches a mail session.
+ * closed. Connections are capped, each has a deadline from accept, and an idle or slow one
+ * is evicted for a newcomer, so a hostile client costs little, never keeps a scraper out
+ * and never touches a mail session.
  */
 #ifndef PROXY_METRICS_HTTP_H
 #define PROXY_METRICS_HTTP_H

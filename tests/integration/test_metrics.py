@@ -2,11 +2,14 @@
 
 A scripted set of sessions (one TLS on both legs, one whose upstream refuses STARTTLS so
 leg 2 falls back, one whose client fails its handshake and is learned) must leave exactly
-the expected counter values; other paths get 404, other methods 405.
+the expected counter values; other paths get 404, other methods 405; idle and slow
+connections never keep a scraper out.
 """
 
 import re
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -132,3 +135,78 @@ def test_paths_and_methods(make_tls_fake, make_proxy):
     finally:
         s.close()
     assert scrape(mport)[0] == 200
+
+
+def test_scrape_gets_through_idle_and_trickling_connections(make_tls_fake, make_proxy):
+    """Connections that never finish their request head, idle or sending a byte at a time,
+    can neither keep a scraper out nor live past the head deadline (2 s from accept)."""
+    up = make_tls_fake("tls-ok")
+    proxy, mport = metrics_proxy(make_proxy, up.addr)
+    harness.wait_for(lambda: scrape(mport)[0] == 200, 10, what="the metrics endpoint")
+
+    def connect():
+        return socket.create_connection(("127.0.0.1", mport), timeout=5)
+
+    idle = []
+    trickling = []
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            for s in list(trickling):
+                try:
+                    s.send(b"X")
+                except OSError:
+                    pass
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    try:
+        # Far more than any pool: older ones are pushed out, the newest stay.
+        idle.extend(connect() for _ in range(150))
+        for _ in range(20):
+            s = connect()
+            s.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+            trickling.append(s)
+        thread.start()
+        idle.extend(connect() for _ in range(100))
+        for _ in range(3):
+            started = time.monotonic()
+            status, headers, text = scrape(mport)
+            assert status == 200, (status, text)
+            assert headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers
+            assert "smtp_tls_proxy_connections_total " in text, text
+            assert time.monotonic() - started < 2, time.monotonic() - started
+            # Attackers open fresh connections between scrapes.
+            idle.extend(connect() for _ in range(30))
+
+        # The head deadline runs from accept, not from the last byte: a connection that
+        # keeps trickling (and fits in the pool) is still closed.
+        slow = []
+        for _ in range(5):
+            s = connect()
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")
+            slow.append((time.monotonic(), s))
+        trickling.extend(s for _, s in slow)
+        for accepted, s in slow:
+            s.settimeout(max(0.1, accepted + 4 - time.monotonic()))
+            try:
+                while s.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            except socket.timeout:
+                raise AssertionError("a trickling connection outlived the head deadline")
+            assert time.monotonic() - accepted < 4
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(5)
+        for s in idle + trickling:
+            s.close()
+
+    # Healthy afterwards: mail still flows, and the endpoint still answers.
+    r = smtplib_send(proxy.port, body("after-the-crowd"))
+    assert r.data[0] == 250, r
+    assert scrape(mport)[0] == 200
+    assert proxy.running()
