@@ -333,9 +333,8 @@ struct conf_load {
     struct conf_errors *errors;
     const char *path;
     FILE *file;
-    int read_errno;
-    char *line; /* the current line, from getline() */
-    size_t line_cap;
+    char *line;          /* the current line: CONF_LINE_MAX + "\r\n" + NUL bytes */
+    bool stopped;        /* reading ended before the end of the file (an error says why) */
     const char *pending; /* what inih has not taken yet of the current line */
     size_t pending_len;
     unsigned lineno; /* of the current line; 0 while applying defaults and cross-checks */
@@ -1223,21 +1222,8 @@ static bool conf_enter_section(struct conf_load *ld, const char *start)
 }
 
 /* conf_check_line reports lines inih would reject or misread; false hides it from inih. */
-static bool conf_check_line(struct conf_load *ld, const char *text, size_t len)
+static bool conf_check_line(struct conf_load *ld, const char *text)
 {
-    size_t content_len = len;
-    while (content_len > 0 && (text[content_len - 1] == '\n' || text[content_len - 1] == '\r')) {
-        content_len--;
-    }
-    if (content_len > CONF_LINE_MAX) {
-        conf_error(ld, ld->lineno, "syntax", "line of %zu bytes is too long; at most %d accepted",
-                   content_len, CONF_LINE_MAX);
-        return false;
-    }
-    if (memchr(text, '\0', len) != NULL) {
-        conf_error(ld, ld->lineno, "syntax", "line contains a NUL byte");
-        return false;
-    }
     const char *start = text;
     while (conf_is_space(*start)) {
         start++;
@@ -1256,28 +1242,90 @@ static bool conf_check_line(struct conf_load *ld, const char *text, size_t len)
     return true;
 }
 
+/* conf_stop_reading reports an error that ends the reading: the rest is not trusted. */
+__attribute__((format(printf, 3, 4))) static void
+conf_stop_reading(struct conf_load *ld, unsigned line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *message = conf_vformat(fmt, ap);
+    va_end(ap);
+    if (message == NULL) {
+        ld->out_of_memory = true;
+    } else if (line != 0) {
+        conf_error(ld, line, "syntax", "%s; the rest of the file was not read", message);
+    } else {
+        conf_error(ld, 0, NULL, "%s", message);
+    }
+    free(message);
+    ld->stopped = true;
+}
+
+/*
+ * conf_read_raw reads the next line, its line end included, into ld->line and sets
+ * *out_len (0 at the end of the file). It never holds more than CONF_LINE_MAX bytes plus
+ * "\r\n": a longer line, or a NUL byte, stops the reading there, without looking for the
+ * next line end (there may be none: /dev/zero). A config file is text, and whatever
+ * follows such a line cannot be trusted to be split into the lines its author meant.
+ * Returns false when the reading stopped (the error is collected).
+ */
+static bool conf_read_raw(struct conf_load *ld, size_t *out_len)
+{
+    static const char bom[] = "\xEF\xBB\xBF";
+    unsigned lineno = ld->lineno + 1;
+    bool maybe_bom = lineno == 1;
+    size_t len = 0;
+    *out_len = 0;
+    for (;;) {
+        int c = getc(ld->file);
+        if (c == EOF) {
+            if (ferror(ld->file)) {
+                conf_stop_reading(ld, 0, "cannot read: %s", strerror(errno != 0 ? errno : EIO));
+                return false;
+            }
+            break;
+        }
+        if (c == '\0') {
+            conf_stop_reading(ld, lineno, "line contains a NUL byte");
+            return false;
+        }
+        ld->line[len++] = (char)c;
+        if (c == '\n') {
+            break;
+        }
+        /* A UTF-8 byte order mark is not part of line 1. */
+        if (maybe_bom && len == sizeof(bom) - 1) {
+            maybe_bom = false;
+            if (memcmp(ld->line, bom, len) == 0) {
+                len = 0;
+                continue;
+            }
+        }
+        /* The line end is not counted: this byte may be the '\r' of a "\r\n". */
+        if (len > CONF_LINE_MAX + (c == '\r' ? 1 : 0)) {
+            conf_stop_reading(ld, lineno, "line longer than %d bytes", CONF_LINE_MAX);
+            return false;
+        }
+    }
+    ld->line[len] = '\0';
+    *out_len = len;
+    return true;
+}
+
 static bool conf_next_line(struct conf_load *ld)
 {
-    ssize_t len = getline(&ld->line, &ld->line_cap, ld->file);
-    if (len == -1) {
-        if (ferror(ld->file)) {
-            ld->read_errno = errno != 0 ? errno : EIO;
-        }
+    size_t len;
+    if (ld->stopped || !conf_read_raw(ld, &len) || len == 0) {
         return false;
     }
     ld->lineno++;
     const char *text = ld->line;
-    size_t text_len = (size_t)len;
-    if (ld->lineno == 1 && text_len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0) {
-        text += 3;
-        text_len -= 3;
-    }
-    if (text_len == 0 || !conf_check_line(ld, text, text_len)) {
+    if (!conf_check_line(ld, text)) {
         text = "\n";
-        text_len = 1;
+        len = 1;
     }
     ld->pending = text;
-    ld->pending_len = text_len;
+    ld->pending_len = len;
     return true;
 }
 
@@ -1477,18 +1525,23 @@ struct conf *conf_load(struct conf_errors *out_errors, const char *path)
         conf_free(ld.conf);
         return NULL;
     }
-    conf_set_inih_options();
-    if (ini_parse_stream(conf_read_line, &ld, conf_on_key, &ld) == -2) {
+    ld.line = malloc(CONF_LINE_MAX + 3);
+    if (ld.line == NULL) {
         ld.out_of_memory = true;
-    }
-    if (ld.read_errno != 0) {
-        conf_error(&ld, 0, NULL, "cannot read: %s", strerror(ld.read_errno));
+    } else {
+        conf_set_inih_options();
+        if (ini_parse_stream(conf_read_line, &ld, conf_on_key, &ld) == -2) {
+            ld.out_of_memory = true;
+        }
     }
     fclose(ld.file);
     free(ld.line);
     ld.lineno = 0;
 
-    conf_finish(&ld);
+    /* Rules that tie keys together would judge a file read only in part. */
+    if (!ld.stopped) {
+        conf_finish(&ld);
+    }
     if (ld.out_of_memory) {
         conf_error(&ld, 0, NULL, "out of memory");
     }

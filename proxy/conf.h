@@ -198,6 +198,8 @@ struct conf_errors {
  * conf_load reads and validates |path|. On success it returns a new struct conf (caller
  * frees with conf_free()) and leaves |out_errors| empty. On failure it returns NULL and
  * fills |out_errors| with every problem found (caller frees with conf_errors_cleanup()).
+ * A read error, a NUL byte or a line longer than the cap (65536 bytes, line end not
+ * counted) ends the reading there: memory stays bounded whatever the file.
  */
 struct conf *conf_load(struct conf_errors *out_errors, const char *path);
 

@@ -2,7 +2,10 @@
 
 import os
 import re
+import resource
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -160,3 +163,114 @@ def test_example_configs_pass_the_check(proxy_bin, source_dir):
     for name in names:
         rc, out, err = run([proxy_bin, "-t", "-c", os.path.join(directory, name)])
         assert rc == 0, (name, out, err)
+
+
+# Memory the proxy may use to check a configuration; the config reader holds one line of at
+# most 64 KiB, so an endless file must fail long before this.
+CHECK_MEMORY_LIMIT_MB = 256
+
+
+def uses_asan(binary):
+    p = subprocess.run(["ldd", binary], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return b"libasan" in p.stdout
+
+
+def run_bounded(args, stdin=subprocess.DEVNULL, feed=None, timeout=10):
+    """run() under a memory limit: RLIMIT_AS, or ASan's hard_rss_limit_mb for a sanitizer
+    build (ASan reserves terabytes of address space). |feed|, if given, is called on a
+    thread with the writing end of a pipe that is the child's stdin; it must close it.
+    Returns rc, out, err and the seconds it took."""
+    env = dict(os.environ)
+    asan = uses_asan(args[0])
+    if asan:
+        env["ASAN_OPTIONS"] = ":".join(
+            o for o in (env.get("ASAN_OPTIONS"), f"hard_rss_limit_mb={CHECK_MEMORY_LIMIT_MB}")
+            if o)
+
+    def limit():
+        if not asan:
+            size = CHECK_MEMORY_LIMIT_MB << 20
+            resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    feeder = None
+    if feed:
+        read_end, write_end = os.pipe()
+        stdin = read_end
+        writer = os.fdopen(write_end, "wb")
+        feeder = threading.Thread(target=feed, args=(writer,), daemon=True)
+    started = time.monotonic()
+    try:
+        p = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env, preexec_fn=limit)
+    finally:
+        if feed:
+            os.close(read_end)
+    if feeder is not None:
+        feeder.start()
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise AssertionError(f"{args} still running after {timeout}s")
+    finally:
+        if feeder is not None:
+            feeder.join(timeout)
+    elapsed = time.monotonic() - started
+    out = out.decode("utf-8", "replace")
+    err = err.decode("utf-8", "replace")
+    for marker in harness.SANITIZER_MARKERS:
+        assert marker not in err, f"sanitizer report:\n{err}"
+    return p.returncode, out, err, elapsed
+
+
+def test_check_under_the_memory_limit_still_works(proxy_bin, source_dir):
+    """The control for the tests below: the limit leaves room for a normal check."""
+    path = os.path.join(source_dir, "config", "smtp-tls-proxy.ini")
+    rc, out, err, _ = run_bounded([proxy_bin, "-t", "-c", path])
+    assert rc == 0, (rc, out, err)
+
+
+def test_check_dev_zero_fails_at_line_1_quickly(proxy_bin):
+    """An endless file of NUL bytes: an error at line 1, at once, in bounded memory (it
+    used to read until memory ran out, then report "test is successful")."""
+    rc, out, err, elapsed = run_bounded([proxy_bin, "-t", "-c", "/dev/zero"])
+    assert rc == 1, (rc, out, err)
+    assert re.search(r"^/dev/zero:1: syntax: .*NUL", err, re.M), err
+    assert "successful" not in out + err, (out, err)
+    assert elapsed < 5, elapsed
+
+
+def test_check_endless_line_fails_at_the_cap(proxy_bin):
+    """An endless line of text, no NUL and no line end: refused once it passes 64 KiB, and
+    the proxy stops reading (it closes the pipe) instead of looking for the line end."""
+    sent = [0]
+
+    def feed(pipe):
+        chunk = b"[proxy]\n" + b"x" * 65536
+        try:
+            while sent[0] < (1 << 30):
+                pipe.write(chunk)
+                pipe.flush()
+                sent[0] += len(chunk)
+                chunk = b"x" * 65536
+        except (BrokenPipeError, ValueError):
+            pass
+        finally:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass
+
+    rc, out, err, elapsed = run_bounded([proxy_bin, "-t", "-c", "/dev/stdin"], feed=feed)
+    assert rc == 1, (rc, out, err)
+    assert re.search(r"^/dev/stdin:2: syntax: line longer than 65536 bytes", err, re.M), err
+    assert elapsed < 5, elapsed
+    assert sent[0] < (16 << 20), sent[0]
+
+
+def test_check_directory_is_a_read_error(proxy_bin, tmp_path):
+    rc, out, err, _ = run_bounded([proxy_bin, "-t", "-c", str(tmp_path)])
+    assert rc == 1, (rc, out, err)
+    assert re.search(re.escape(str(tmp_path)) + r": cannot read: Is a directory", err), err
+    assert "successful" not in out + err, (out, err)

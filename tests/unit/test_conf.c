@@ -17,6 +17,8 @@
 #include "check.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+/* The README's longest line, its line end not counted (CONF_LINE_MAX in conf.c). */
+#define CONF_TEST_LINE_MAX 65536
 
 static char *write_file_len(const char *text, size_t len)
 {
@@ -494,46 +496,98 @@ static void test_long_lines(void)
     conf_free(conf);
     free(text);
 
-    text = malloc(70100);
+    /* Exactly the longest line accepted, with CRLF, LF or no line end: inih's buffer must
+     * hold all of it. */
+    static const char *const ends[] = {"\r\n", "\n", ""};
+    text = malloc(CONF_TEST_LINE_MAX + 64);
     CHECK(text != NULL);
     if (text == NULL) {
         return;
     }
-    strcpy(text, "[proxy]\nuser = ");
-    len = strlen(text);
-    memset(text + len, 'u', 70000 - (len - 8));
-    strcpy(text + 70008, "\nmode = x\n");
-    CHECK_ERRORS(text, ":2: syntax: line of 70000 bytes is too long; at most 65536 accepted",
-                 ":3: mode: \"x\" is not valid; expected forward or transparent");
+    for (size_t i = 0; i < ARRAY_LEN(ends); i++) {
+        strcpy(text, "[proxy]\r\nuser = ");
+        len = strlen(text);
+        memset(text + len, 'u', CONF_TEST_LINE_MAX - 7);
+        strcpy(text + len + CONF_TEST_LINE_MAX - 7, ends[i]);
+        conf = LOAD_OK(text);
+        if (conf != NULL) {
+            CHECK_INT(strlen(conf->user), CONF_TEST_LINE_MAX - 7);
+        }
+        conf_free(conf);
+    }
+    strcpy(text + len + CONF_TEST_LINE_MAX - 7, "\r\nmode = x\r\n");
+    CHECK_ERRORS(text, ":3: mode: \"x\" is not valid; expected forward or transparent");
+    free(text);
+}
+
+/*
+ * One byte over the cap, or a NUL byte, is an error at that line and ends the reading
+ * there: the reader never holds more than one capped line, and never looks for a line end
+ * that may never come. What follows is not read, and rules tying keys together are not
+ * judged on a file read in part (here "spoof" would need mode = transparent, given later).
+ */
+static void test_reading_stops(void)
+{
+    static const char before[] = "[proxy]\nupstream_identity = spoof\nuser = ";
+    static const char *const ends[] = {"\r\n", "\n", "", "\rx\n"};
+    size_t cap = CONF_TEST_LINE_MAX;
+    char *text = malloc(cap + 256);
+    CHECK(text != NULL);
+    if (text == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(ends); i++) {
+        strcpy(text, before);
+        size_t len = strlen(text);
+        /* "user = " and the 'u's make cap + 1 bytes before the line end. */
+        memset(text + len, 'u', cap + 1 - 7);
+        snprintf(text + len + cap + 1 - 7, 64, "%smode = transparent\nworkers = 0\n", ends[i]);
+        CHECK_ERRORS(text, ":3: syntax: line longer than 65536 bytes; the rest of the file was "
+                           "not read");
+    }
+    /* A cap-long line then a bare CR and more: the CR is content, so it is one byte over. */
+    strcpy(text, before);
+    size_t len = strlen(text);
+    memset(text + len, 'u', cap - 7);
+    strcpy(text + len + cap - 7, "\rmode = transparent\n");
+    CHECK_ERRORS(text, ":3: syntax: line longer than 65536 bytes; the rest of the file was "
+                       "not read");
     free(text);
 
-    /* Exactly the longest line accepted, with CRLF: inih's buffer must hold all of it. */
-    text = malloc(65536 + 64);
-    CHECK(text != NULL);
-    if (text == NULL) {
-        return;
+    /* A line far longer than the cap, and no line end at all. */
+    size_t big_len = 4 * cap;
+    char *big = malloc(big_len);
+    CHECK(big != NULL);
+    if (big != NULL) {
+        memset(big, ';', big_len);
+        char *path = write_file_len(big, big_len);
+        check_errors_at(__LINE__, path,
+                        WANT(":1: syntax: line longer than 65536 bytes; the rest of the file was "
+                             "not read"));
+        unlink(path);
+        free(path);
+        free(big);
     }
-    strcpy(text, "[proxy]\r\nuser = ");
-    len = strlen(text);
-    memset(text + len, 'u', 65536 - 7);
-    strcpy(text + len + 65536 - 7, "\r\nmode = x\r\n");
-    CHECK_ERRORS(text, ":3: mode: \"x\" is not valid; expected forward or transparent");
-    strcpy(text + len + 65536 - 7, "\r\n");
-    conf = LOAD_OK(text);
-    if (conf != NULL) {
-        CHECK_INT(strlen(conf->user), 65536 - 7);
-    }
-    conf_free(conf);
-    free(text);
 
     static const char with_nul[] = "[proxy]\nmode = for\0ward\nworkers = 0\n";
     char *path = write_file_len(with_nul, sizeof(with_nul) - 1);
     check_errors_at(__LINE__, path,
-                    WANT(":2: syntax: line contains a NUL byte",
-                         ":3: workers: \"0\" is out of range; expected auto or a number from 1 "
-                         "to 256"));
+                    WANT(":2: syntax: line contains a NUL byte; the rest of the file was not "
+                         "read"));
     unlink(path);
     free(path);
+    static const char comment_nul[] = "[proxy]\n; a comment\0\nworkers = 0\n";
+    path = write_file_len(comment_nul, sizeof(comment_nul) - 1);
+    check_errors_at(__LINE__, path,
+                    WANT(":2: syntax: line contains a NUL byte; the rest of the file was not "
+                         "read"));
+    unlink(path);
+    free(path);
+
+    /* An endless stream of NUL bytes: line 1, at once. */
+    check_errors_at(__LINE__, "/dev/zero",
+                    WANT(":1: syntax: line contains a NUL byte; the rest of the file was not "
+                         "read"));
 }
 
 static void test_syntax_errors(void)
@@ -823,7 +877,14 @@ static void test_missing_file(void)
 {
     check_errors_at(__LINE__, "/nonexistent/smtp-tls-proxy.ini",
                     WANT(": cannot open: No such file or directory"));
+    /* Read errors fail the load; they are never taken for the end of the file. */
     check_errors_at(__LINE__, "/tmp", WANT(": cannot read: Is a directory"));
+    char dir[] = "/tmp/test_conf-dir-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    check_errors_at(__LINE__, dir, WANT(": cannot read: Is a directory"));
+    rmdir(dir);
+    /* Page 0 of our own memory is unmapped: reading it fails with EIO. */
+    check_errors_at(__LINE__, "/proc/self/mem", WANT(": cannot read: Input/output error"));
     conf_free(NULL);
     struct conf_errors errors = {NULL, 0};
     conf_errors_cleanup(&errors);
@@ -1148,6 +1209,7 @@ int main(void)
     test_every_key();
     test_syntax_variants();
     test_long_lines();
+    test_reading_stops();
     test_syntax_errors();
     test_unknown_names();
     test_bad_enums();
