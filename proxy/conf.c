@@ -134,6 +134,12 @@ static const struct conf_name conf_identity_names[] = {
     {"spoof", CONF_IDENTITY_SPOOF, false},       {NULL, 0, false},
 };
 
+static const struct conf_name conf_bare_newline_names[] = {
+    {"normalize", CONF_BARE_NEWLINE_NORMALIZE, false},
+    {"reject", CONF_BARE_NEWLINE_REJECT, false},
+    {NULL, 0, false},
+};
+
 static const struct conf_name conf_front_starttls_names[] = {
     {"offer", CONF_FRONT_STARTTLS_OFFER, false},
     {"strip", CONF_FRONT_STARTTLS_STRIP, false},
@@ -263,6 +269,8 @@ static const struct conf_key conf_keys[] = {
      CONF_ENUM(conf_proxy_protocol_names)},
     {"proxy", "upstream_identity", "none", CONF_FIELD(upstream_identity),
      CONF_ENUM(conf_identity_names)},
+    {"proxy", "bare_newline", "normalize", CONF_FIELD(bare_newline),
+     CONF_ENUM(conf_bare_newline_names)},
 
     {"client_tls", "starttls", "offer", CONF_FIELD(front_tls.starttls),
      CONF_ENUM(conf_front_starttls_names)},
@@ -284,6 +292,8 @@ static const struct conf_key conf_keys[] = {
      .set = conf_set_cidr_list, .count_offset = offsetof(struct conf, front_tls.n_never_offer_to)},
     {"client_tls", "always_offer_to", "", CONF_FIELD(front_tls.always_offer_to),
      .set = conf_set_cidr_list, .count_offset = offsetof(struct conf, front_tls.n_always_offer_to)},
+    {"client_tls", "ask_client_certificate", "off", CONF_FIELD(front_tls.ask_client_certificate),
+     CONF_ENUM(conf_bool_names)},
 
     {"upstream_tls", "starttls", "may", CONF_FIELD(back_tls.starttls),
      CONF_ENUM(conf_back_starttls_names)},

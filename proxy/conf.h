@@ -53,6 +53,12 @@ enum conf_identity {
     CONF_IDENTITY_SPOOF,
 };
 
+/* How DATA content with bare LF line endings is handled (end of data is only CRLF.CRLF). */
+enum conf_bare_newline {
+    CONF_BARE_NEWLINE_NORMALIZE = 0, /* relay a line ending in a bare LF with CRLF */
+    CONF_BARE_NEWLINE_REJECT,        /* refuse the message: 550 5.5.2 */
+};
+
 enum conf_front_starttls {
     CONF_FRONT_STARTTLS_OFFER = 0,
     CONF_FRONT_STARTTLS_STRIP,
@@ -132,6 +138,7 @@ struct conf {
     char *user; /* drop privileges to this user after binding; NULL: stay */
     enum conf_proxy_protocol proxy_protocol;
     enum conf_identity upstream_identity;
+    enum conf_bare_newline bare_newline;
 
     /* [client_tls]: leg 1, front */
     struct {
@@ -149,6 +156,7 @@ struct conf {
         size_t n_never_offer_to;
         struct conf_cidr always_offer_to[CONF_CIDR_MAX];
         size_t n_always_offer_to;
+        bool ask_client_certificate; /* request one (never verified, never required) */
     } front_tls;
 
     /* [upstream_tls]: leg 2, back */

@@ -159,9 +159,11 @@ static void check_defaults(const struct conf *conf)
     CHECK(conf->user == NULL);
     CHECK_INT(conf->proxy_protocol, CONF_PROXY_PROTOCOL_OFF);
     CHECK_INT(conf->upstream_identity, CONF_IDENTITY_NONE);
+    CHECK_INT(conf->bare_newline, CONF_BARE_NEWLINE_NORMALIZE);
 
     CHECK_INT(conf->front_tls.starttls, CONF_FRONT_STARTTLS_OFFER);
     CHECK(!conf->front_tls.require);
+    CHECK(!conf->front_tls.ask_client_certificate);
     CHECK_INT(conf->front_tls.n_certificate, 0);
     for (size_t i = 0; i < CONF_CERT_MAX; i++) {
         CHECK(conf->front_tls.certificate[i] == NULL);
@@ -294,6 +296,7 @@ static void test_every_key(void)
              "user = smtpproxy\n"
              "proxy_protocol = v2\n"
              "upstream_identity = spoof\n"
+             "bare_newline = Reject\n"
              "[client_tls]\n"
              "starttls = offer\n"
              "require = yes\n"
@@ -306,6 +309,7 @@ static void test_every_key(void)
              "learn_max_entries = 5\n"
              "never_offer_to = 192.0.2.0/24, 2001:db8::/32\n"
              "always_offer_to = 198.51.100.7\n"
+             "ask_client_certificate = yes\n"
              "[upstream_tls]\n"
              "starttls = require\n"
              "fallback = 0\n"
@@ -349,6 +353,7 @@ static void test_every_key(void)
         CHECK_STR(conf->user, "smtpproxy");
         CHECK_INT(conf->proxy_protocol, CONF_PROXY_PROTOCOL_V2);
         CHECK_INT(conf->upstream_identity, CONF_IDENTITY_SPOOF);
+        CHECK_INT(conf->bare_newline, CONF_BARE_NEWLINE_REJECT);
 
         CHECK_INT(conf->front_tls.starttls, CONF_FRONT_STARTTLS_OFFER);
         CHECK(conf->front_tls.require);
@@ -371,6 +376,7 @@ static void test_every_key(void)
         CHECK_INT(conf->front_tls.n_always_offer_to, 1);
         CHECK_INT(conf->front_tls.always_offer_to[0].prefix_len, 32);
         CHECK_MEM(conf->front_tls.always_offer_to[0].addr, 4, "\xc6\x33\x64\x07", 4);
+        CHECK(conf->front_tls.ask_client_certificate);
 
         CHECK_INT(conf->back_tls.starttls, CONF_BACK_STARTTLS_REQUIRE);
         CHECK(!conf->back_tls.fallback);
@@ -616,7 +622,7 @@ static void test_unknown_names(void)
     CHECK_ERRORS("[proxy]\nlisten_on = *:25\n",
                  ":2: listen_on: \"listen_on\" is not a key of [proxy]; expected listen, mode, "
                  "upstream, hostname, workers, max_connections, max_line_length, "
-                 "drain_timeout, user, proxy_protocol or upstream_identity");
+                 "drain_timeout, user, proxy_protocol, upstream_identity or bare_newline");
     /* The pattern-first syntax of other proxies; inih also cuts keys at ':'. */
     CHECK_ERRORS("[upstream_policy]\n*.example.com = may\n2001:db8::/32 = off\n",
                  ":2: *.example.com: \"*.example.com\" is not a key of [upstream_policy]; "
@@ -644,6 +650,50 @@ static void test_bad_enums(void)
                  ":11: verify: \"full\" is not valid; expected none or ca",
                  ":13: level: \"trace\" is not valid; expected error, warn, info or debug",
                  ":14: format: \"xml\" is not valid; expected text or json");
+    CHECK_ERRORS("[proxy]\nbare_newline = strip\n[client_tls]\nask_client_certificate = maybe\n"
+                 "[proxy]\nbare_newline = normalize\n",
+                 ":2: bare_newline: \"strip\" is not valid; expected normalize or reject",
+                 ":4: ask_client_certificate: \"maybe\" is not valid; expected on or off",
+                 ":6: bare_newline: given twice, first on line 2");
+}
+
+/* The keys' explicit values, each against its default. */
+static void test_bare_newline_and_client_certificate(void)
+{
+    static const struct {
+        const char *text;
+        enum conf_bare_newline bare_newline;
+        bool ask;
+    } cases[] = {
+        {"[proxy]\nbare_newline = normalize\n", CONF_BARE_NEWLINE_NORMALIZE, false},
+        {"[proxy]\nbare_newline = reject\n", CONF_BARE_NEWLINE_REJECT, false},
+        {"[proxy]\nbare_newline = REJECT ; Postfix 3.9 would say yes\n", CONF_BARE_NEWLINE_REJECT,
+         false},
+        {"[client_tls]\nask_client_certificate = on\n", CONF_BARE_NEWLINE_NORMALIZE, true},
+        {"[client_tls]\nask_client_certificate = off\n", CONF_BARE_NEWLINE_NORMALIZE, false},
+        {"[client_tls]\nask_client_certificate = 1\n", CONF_BARE_NEWLINE_NORMALIZE, true},
+        {"[client_tls]\nrequire = on\nask_client_certificate = true\n[proxy]\n"
+         "bare_newline = reject\n",
+         CONF_BARE_NEWLINE_REJECT, true},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct conf *conf = LOAD_OK(cases[i].text);
+        if (conf != NULL) {
+            CHECK_INT(conf->bare_newline, cases[i].bare_newline);
+            CHECK(conf->front_tls.ask_client_certificate == cases[i].ask);
+        }
+        conf_free(conf);
+    }
+    CHECK_ERRORS("[proxy]\nbare_newline = yes\nbare-newline = reject\n[client_tls]\n"
+                 "ask_client_certificate = require\n",
+                 ":2: bare_newline: \"yes\" is not valid; expected normalize or reject",
+                 ":3: bare-newline: \"bare-newline\" is not a key of [proxy]; expected listen, "
+                 "mode, upstream, hostname, workers, max_connections, max_line_length, "
+                 "drain_timeout, user, proxy_protocol, upstream_identity or bare_newline",
+                 ":5: ask_client_certificate: \"require\" is not valid; expected on or off");
+    /* Like every word-valued key, an empty value is not the default. */
+    CHECK_ERRORS("[proxy]\nbare_newline =\n",
+                 ":2: bare_newline: \"\" is not valid; expected normalize or reject");
 }
 
 static void test_bad_numbers(void)
@@ -1213,6 +1263,7 @@ int main(void)
     test_syntax_errors();
     test_unknown_names();
     test_bad_enums();
+    test_bare_newline_and_client_certificate();
     test_bad_numbers();
     test_bad_addresses();
     test_bad_lists();
