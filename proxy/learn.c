@@ -1,5 +1,6 @@
 /*
- * learn: a bounded, TTL'd memory of peer addresses whose TLS failed. A chained hash table
+ * learn: a bounded, TTL'd memory of peer addresses, each with a small value (for
+ * upstreams: the fallback step that worked). A chained hash table
  * keyed by the 16-byte address (IPv4 stored as IPv4-mapped IPv6) finds entries; a doubly
  * linked list ordered by last add finds the oldest to expire or evict. One mutex guards
  * everything. It never allocates for max_entries up front and never logs.
@@ -19,6 +20,7 @@
 
 struct learn_entry {
     uint8_t addr[16];
+    uint8_t value;
     uint64_t added_ms;
     struct learn_entry *chain; /* next in the same bucket */
     struct learn_entry *older;
@@ -177,13 +179,15 @@ static void learn_grow(struct learn *l)
 }
 
 /* learn_add_locked is learn_add with the mutex held. */
-static bool learn_add_locked(struct learn *l, const uint8_t addr[16], uint64_t now_ms)
+static bool learn_add_locked(struct learn *l, const uint8_t addr[16], uint64_t now_ms,
+                             uint8_t value)
 {
     struct learn_entry *e = learn_find(l, addr);
     if (e != NULL) {
         /* An expired entry is reused, but the address counts as new. */
-        bool added = learn_expired(l, e, now_ms);
+        bool added = learn_expired(l, e, now_ms) || e->value != value;
         e->added_ms = now_ms;
+        e->value = value;
         learn_unlink(l, e);
         learn_push_newest(l, e);
         return added;
@@ -204,6 +208,7 @@ static bool learn_add_locked(struct learn *l, const uint8_t addr[16], uint64_t n
         l->n_evictions++;
     }
     memcpy(e->addr, addr, 16);
+    e->value = value;
     e->added_ms = now_ms;
     size_t i = learn_bucket(l, addr, l->n_buckets);
     e->chain = l->buckets[i];
@@ -215,19 +220,31 @@ static bool learn_add_locked(struct learn *l, const uint8_t addr[16], uint64_t n
 
 bool learn_add(struct learn *l, const struct sockaddr *sa, uint64_t now_ms)
 {
+    return learn_add_value(l, sa, now_ms, 0);
+}
+
+bool learn_add_value(struct learn *l, const struct sockaddr *sa, uint64_t now_ms, uint8_t value)
+{
     uint8_t addr[16];
     if (!learn_key(addr, sa)) {
         return false;
     }
     pthread_mutex_lock(&l->mu);
-    bool added = learn_add_locked(l, addr, now_ms);
+    bool added = learn_add_locked(l, addr, now_ms, value);
     pthread_mutex_unlock(&l->mu);
     return added;
 }
 
 bool learn_contains(struct learn *l, const struct sockaddr *sa, uint64_t now_ms)
 {
+    uint8_t value;
+    return learn_get(l, &value, sa, now_ms);
+}
+
+bool learn_get(struct learn *l, uint8_t *out_value, const struct sockaddr *sa, uint64_t now_ms)
+{
     uint8_t addr[16];
+    *out_value = 0;
     if (!learn_key(addr, sa)) {
         return false;
     }
@@ -236,6 +253,24 @@ bool learn_contains(struct learn *l, const struct sockaddr *sa, uint64_t now_ms)
     if (e != NULL && learn_expired(l, e, now_ms)) {
         learn_remove(l, e);
         e = NULL;
+    }
+    if (e != NULL) {
+        *out_value = e->value;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return e != NULL;
+}
+
+bool learn_remove_addr(struct learn *l, const struct sockaddr *sa)
+{
+    uint8_t addr[16];
+    if (!learn_key(addr, sa)) {
+        return false;
+    }
+    pthread_mutex_lock(&l->mu);
+    struct learn_entry *e = learn_find(l, addr);
+    if (e != NULL) {
+        learn_remove(l, e);
     }
     pthread_mutex_unlock(&l->mu);
     return e != NULL;
