@@ -22,7 +22,9 @@
 #include <openssl/ec_key.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pool.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -356,6 +358,14 @@ static int tlsio_on_cert(SSL *ssl, void *arg)
            SSL_set1_chain(ssl, pick->chain);
 }
 
+/* A client certificate is taken as it is: opportunistic TLS never rejects one. */
+static enum ssl_verify_result_t tlsio_accept_any_certificate(SSL *ssl, uint8_t *out_alert)
+{
+    (void)ssl;
+    (void)out_alert;
+    return ssl_verify_ok;
+}
+
 struct tlsio_ctx *tlsio_ctx_new_front(char *out_err, size_t out_err_len, bool *out_self_signed,
                                       const struct conf *conf)
 {
@@ -411,6 +421,15 @@ struct tlsio_ctx *tlsio_ctx_new_front(char *out_err, size_t out_err_len, bool *o
     if (c->n_certs > 1) {
         SSL_CTX_set_select_certificate_cb(ssl_ctx, tlsio_on_client_hello);
         SSL_CTX_set_cert_cb(ssl_ctx, tlsio_on_cert, c);
+    }
+    if (conf->front_tls.ask_client_certificate) {
+        /* Asked for, never verified and never required (Postfix's smtpd_tls_ask_ccert):
+         * only its fingerprint is logged. */
+        SSL_CTX_set_custom_verify(ssl_ctx, SSL_VERIFY_PEER, tlsio_accept_any_certificate);
+        /* Keep only its SHA-256: a session (and a TLS 1.3 ticket) carrying a client's chain
+         * of tens of kilobytes would not fit the records BoringSSL writes after the
+         * handshake. */
+        SSL_CTX_set_retain_only_sha256_of_client_certs(ssl_ctx, 1);
     }
     return c;
 fail:
@@ -779,4 +798,36 @@ enum tlsio_verify tlsio_verify_result(const struct tlsio *t, const char **out_te
     default:
         return TLSIO_VERIFY_FAILED;
     }
+}
+
+bool tlsio_peer_fingerprint(const struct tlsio *t, char *out, size_t out_size)
+{
+    if (t->ssl == NULL || out_size < 2 * SHA256_DIGEST_LENGTH + sizeof("sha256:")) {
+        return false;
+    }
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    const SSL_SESSION *session = SSL_get_session(t->ssl);
+    const STACK_OF(CRYPTO_BUFFER) *chain = SSL_get0_peer_certificates(t->ssl);
+    if (session != NULL && SSL_SESSION_has_peer_sha256(session)) {
+        const uint8_t *hash = NULL;
+        size_t hash_len = 0;
+        SSL_SESSION_get0_peer_sha256(session, &hash, &hash_len);
+        if (hash_len != sizeof(digest)) {
+            return false;
+        }
+        memcpy(digest, hash, sizeof(digest));
+    } else if (chain != NULL && sk_CRYPTO_BUFFER_num(chain) > 0) {
+        const CRYPTO_BUFFER *leaf = sk_CRYPTO_BUFFER_value(chain, 0);
+        SHA256(CRYPTO_BUFFER_data(leaf), CRYPTO_BUFFER_len(leaf), digest);
+    } else {
+        return false;
+    }
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, "sha256:", 7);
+    for (size_t i = 0; i < sizeof(digest); i++) {
+        out[7 + 2 * i] = hex[digest[i] >> 4];
+        out[8 + 2 * i] = hex[digest[i] & 15];
+    }
+    out[7 + 2 * sizeof(digest)] = '\0';
+    return true;
 }

@@ -198,4 +198,14 @@ const char *tlsio_cipher(const struct tlsio *t);
  */
 enum tlsio_verify tlsio_verify_result(const struct tlsio *t, const char **out_text);
 
+/* Room for tlsio_peer_fingerprint()'s text: "sha256:" and 64 hex digits, NUL included. */
+#define TLSIO_FINGERPRINT_MAX 72
+
+/*
+ * tlsio_peer_fingerprint writes "sha256:<hex>" of the peer's leaf certificate (DER) into
+ * |out| (at least TLSIO_FINGERPRINT_MAX bytes). Returns false when the peer presented none
+ * (or |out| is too small).
+ */
+bool tlsio_peer_fingerprint(const struct tlsio *t, char *out, size_t out_size);
+
 #endif
