@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addr.h"
 #include "log.h"
 #include "smtp.h"
 
@@ -79,24 +80,6 @@ static void health_target(struct sockaddr_storage *out, socklen_t *out_len,
         if (IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr)) {
             sin6->sin6_addr = in6addr_loopback;
         }
-    }
-}
-
-/* health_format_addr writes "127.0.0.1:25" or "[::1]:25". */
-static void health_format_addr(char *out, size_t out_size, const struct sockaddr_storage *sa)
-{
-    char host[INET6_ADDRSTRLEN] = "?";
-    unsigned port = 0;
-    if (sa->ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
-        port = ntohs(sin->sin_port);
-        snprintf(out, out_size, "%s:%u", host, port);
-    } else {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
-        port = ntohs(sin6->sin6_port);
-        snprintf(out, out_size, "[%s]:%u", host, port);
     }
 }
 
@@ -244,7 +227,7 @@ int health_probe(const struct conf *conf, char *out_msg, size_t out_msg_len)
         socklen_t sa_len;
         health_target(&sa, &sa_len, &conf->listen[i]);
         char here[sizeof(where)];
-        health_format_addr(here, sizeof(here), &sa);
+        addr_format(here, sizeof(here), (const struct sockaddr *)&sa);
         int try_rc = health_connect(&p, &sa, sa_len);
         bool unreachable = try_rc != 0 && health_unreachable_here(-try_rc);
         /* Report the first address, unless a later one got further than "unreachable". */

@@ -17,7 +17,6 @@
 
 #include "log.h"
 #include "session.h"
-#include "worker.h"
 
 /* Accept queue length; the kernel caps it at net.core.somaxconn. */
 #define LISTENER_BACKLOG 1024
@@ -55,6 +54,48 @@ fail:;
     return -err;
 }
 
+static void listener_refuse(struct listener *l);
+
+static void listener_unref(struct listener *l)
+{
+    if (--l->n_handles == 0) {
+        free(l);
+    }
+}
+
+static void listener_on_refused(uv_handle_t *handle)
+{
+    struct listener *l = handle->data;
+    l->refusing = false;
+    if (l->refuse_pending && !l->stopping) {
+        l->refuse_pending = false;
+        listener_refuse(l);
+    }
+    listener_unref(l);
+}
+
+/*
+ * listener_refuse closes the pending connection no session could be made for. Not
+ * accepting it would leave it queued (libuv then stops polling the listener), and taking
+ * it needs a handle: the listener keeps one for this. If that one is still closing, the
+ * connection waits; libuv resumes accepting after the next uv_accept.
+ */
+static void listener_refuse(struct listener *l)
+{
+    if (l->refusing) {
+        l->refuse_pending = true;
+        return;
+    }
+    if (uv_tcp_init(l->tcp.loop, &l->refused) != 0) {
+        return;
+    }
+    l->refusing = true;
+    l->n_handles++;
+    l->refused.data = l;
+    (void)uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&l->refused);
+    uv_close((uv_handle_t *)&l->refused, listener_on_refused);
+}
+
 static void listener_on_connection(uv_stream_t *server, int status)
 {
     struct listener *l = server->data;
@@ -63,25 +104,28 @@ static void listener_on_connection(uv_stream_t *server, int status)
                  (unsigned)l->addr.port, uv_strerror(status));
         return;
     }
-    session_accept(l->worker, server);
+    if (session_accept(l->env, server) == UV_ENOMEM) {
+        listener_refuse(l);
+    }
 }
 
 static void listener_on_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    listener_unref(handle->data);
 }
 
-struct listener *listener_start(struct worker *w, const struct conf_addr *addr, int fd)
+struct listener *listener_start(struct session_env *env, const struct conf_addr *addr, int fd)
 {
-    struct listener *l = malloc(sizeof(*l));
-    if (l == NULL || uv_tcp_init(&w->loop, &l->tcp) != 0) {
+    struct listener *l = calloc(1, sizeof(*l));
+    if (l == NULL || uv_tcp_init(env->loop, &l->tcp) != 0) {
         free(l);
         close(fd);
         return NULL;
     }
-    l->worker = w;
+    l->env = env;
     l->addr = *addr;
     l->tcp.data = l;
+    l->n_handles = 1;
     int rc = uv_tcp_open(&l->tcp, fd);
     if (rc != 0) {
         close(fd); /* not adopted */
@@ -99,6 +143,7 @@ struct listener *listener_start(struct worker *w, const struct conf_addr *addr, 
 
 void listener_stop(struct listener *l)
 {
+    l->stopping = true;
     uv_close((uv_handle_t *)&l->tcp, listener_on_closed);
 }
 

@@ -2,7 +2,8 @@
  * listener: listening sockets. listener_bind() makes one SO_REUSEPORT socket per worker
  * and address in the main thread (at startup, and for addresses a reload adds), so errors
  * are reported before anything changes; each worker adopts its sockets with
- * listener_start() and hands every accepted connection to session_accept().
+ * listener_start() and hands every accepted connection to session_accept(), or closes it
+ * at once when not even a session can be allocated.
  */
 #ifndef PROXY_LISTENER_H
 #define PROXY_LISTENER_H
@@ -13,12 +14,17 @@
 
 #include "conf.h"
 
-struct worker;
+struct session_env;
 
 struct listener {
     uv_tcp_t tcp;
-    struct worker *worker;
+    struct session_env *env;
     struct conf_addr addr; /* a copy: it outlives the configuration it came from */
+    uv_tcp_t refused;      /* takes a connection no session could be made for, to close it */
+    bool refusing;         /* |refused| is in use (closing) */
+    bool refuse_pending;   /* a connection waits to be refused once |refused| is free */
+    bool stopping;
+    int n_handles; /* tcp, and |refused| while refusing; freed at zero */
 };
 
 /*
@@ -28,9 +34,9 @@ struct listener {
  */
 int listener_bind(const struct conf_addr *addr, bool transparent);
 
-/* listener_start adopts |fd| on |w|'s loop and starts accepting. Returns a new listener,
- * or NULL (then |fd| is closed). */
-struct listener *listener_start(struct worker *w, const struct conf_addr *addr, int fd);
+/* listener_start adopts |fd| on |env|'s loop and starts accepting into sessions of |env|.
+ * Returns a new listener, or NULL (then |fd| is closed). */
+struct listener *listener_start(struct session_env *env, const struct conf_addr *addr, int fd);
 
 /* listener_stop stops accepting, closes the socket and frees |l| once libuv is done. */
 void listener_stop(struct listener *l);

@@ -276,15 +276,12 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
     main_log_self_signed(c, self_signed);
     learn_configure(shared->front_learned, c->front_tls.learn_max_entries,
                     c->front_tls.learn_ttl_ms);
-    learn_configure(shared->back_failed, c->back_tls.remember_max_entries,
+    learn_configure(shared->back_memory, c->back_tls.remember_max_entries,
                     c->back_tls.remember_failures_ms);
     for (unsigned w = 0; w < n_workers; w++) {
-        unsigned before = workers[w].reloads_applied;
-        worker_reload(&workers[w], runtime_ref(fresh), fds[w]);
         /* One reload at a time: the next one is computed against this one's listeners. */
-        for (int waited = 0; workers[w].reloads_applied == before && waited < 5000; waited++) {
-            struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000 * 1000};
-            nanosleep(&ms, NULL);
+        if (worker_reload(&workers[w], runtime_ref(fresh), fds[w])) {
+            worker_wait_reloaded(&workers[w]);
         }
     }
     runtime_unref(*current);
@@ -296,6 +293,60 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
         log_info(0, "front-tls-reloaded", "certificates=%zu self_signed=%s",
                  c->front_tls.n_certificate, self_signed ? "yes" : "no");
     }
+}
+
+/* The main thread's loop: signals, and the workers telling that their loops have ended. */
+struct main_state {
+    uv_loop_t loop;
+    uv_signal_t sig_term;
+    uv_signal_t sig_int;
+    uv_signal_t sig_hup;
+    uv_async_t finished; /* a worker's loop has ended */
+    struct worker *workers;
+    unsigned n_workers;
+    struct worker_shared *shared;
+    struct runtime *runtime; /* the configuration in force (a reference) */
+    const char *path;
+    bool draining;
+};
+
+/* main_check_finished ends the main loop once every worker has drained. */
+static void main_check_finished(struct main_state *m)
+{
+    if (!m->draining || !main_workers_finished(m->workers, m->n_workers) ||
+        uv_is_closing((uv_handle_t *)&m->finished)) {
+        return;
+    }
+    uv_close((uv_handle_t *)&m->sig_term, NULL);
+    uv_close((uv_handle_t *)&m->sig_int, NULL);
+    uv_close((uv_handle_t *)&m->sig_hup, NULL);
+    uv_close((uv_handle_t *)&m->finished, NULL);
+}
+
+static void main_on_finished(uv_async_t *async)
+{
+    main_check_finished(async->data);
+}
+
+/* SIGHUP reloads; SIGTERM/SIGINT: the first drains, another one during the drain stops at
+ * once. */
+static void main_on_signal(uv_signal_t *handle, int signum)
+{
+    struct main_state *m = handle->data;
+    if (signum == SIGHUP) {
+        if (!m->draining) {
+            main_reload(&m->runtime, m->workers, m->n_workers, m->shared, m->path);
+        }
+        return;
+    }
+    log_info(0, m->draining ? "stopping" : "draining", "signal=%s drain_timeout_ms=%llu",
+             signum == SIGTERM ? "TERM" : "INT",
+             (unsigned long long)m->runtime->conf->drain_timeout_ms);
+    for (unsigned w = 0; w < m->n_workers; w++) {
+        worker_stop(&m->workers[w], m->draining);
+    }
+    m->draining = true;
+    main_check_finished(m);
 }
 
 int main(int argc, char **argv)
@@ -378,10 +429,10 @@ int main(int argc, char **argv)
      * locking around them; they allocate as entries come. */
     struct worker_shared shared = {
         .front_learned = learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms),
-        .back_failed =
+        .back_memory =
             learn_new(conf->back_tls.remember_max_entries, conf->back_tls.remember_failures_ms),
     };
-    if (shared.front_learned == NULL || shared.back_failed == NULL) {
+    if (shared.front_learned == NULL || shared.back_memory == NULL) {
         log_fatal("out of memory");
         return 1;
     }
@@ -414,7 +465,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* Signals are taken by this thread alone, with sigwait: workers never see them. */
+    /* Signals are taken by this thread alone: workers start with them blocked. */
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
@@ -423,9 +474,20 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    static struct main_state m;
     static struct worker workers[MAIN_WORKERS_MAX];
+    m.workers = workers;
+    m.n_workers = n_workers;
+    m.shared = &shared;
+    m.runtime = runtime;
+    m.path = path;
+    if (uv_loop_init(&m.loop) != 0 || uv_async_init(&m.loop, &m.finished, main_on_finished) != 0) {
+        log_fatal("cannot start the main loop");
+        return 1;
+    }
+    m.finished.data = &m;
     for (unsigned w = 0; w < n_workers; w++) {
-        int rc = worker_init(&workers[w], w, runtime_ref(runtime), &shared, fds[w]);
+        int rc = worker_init(&workers[w], w, runtime_ref(runtime), &shared, fds[w], &m.finished);
         if (rc == 0 && w == 0 && metrics_fd >= 0 &&
             worker_serve_metrics(&workers[w], metrics_fd) != 0) {
             rc = UV_EINVAL;
@@ -448,32 +510,23 @@ int main(int argc, char **argv)
                  conf->upstream.host, (unsigned)conf->upstream.port, conf->hostname);
     }
 
-    /* SIGTERM/SIGINT: the first drains; another one during the drain stops at once. */
-    bool draining = false;
-    for (;;) {
-        struct timespec poll = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
-        int sig = draining ? sigtimedwait(&signals, NULL, &poll) : sigwaitinfo(&signals, NULL);
-        if (sig == SIGHUP && !draining) {
-            main_reload(&runtime, workers, n_workers, &shared, path);
-        } else if (sig == SIGTERM || sig == SIGINT) {
-            log_info(0, draining ? "stopping" : "draining", "signal=%s drain_timeout_ms=%llu",
-                     sig == SIGTERM ? "TERM" : "INT",
-                     (unsigned long long)runtime->conf->drain_timeout_ms);
-            for (unsigned w = 0; w < n_workers; w++) {
-                worker_stop(&workers[w], draining);
-            }
-            draining = true;
-        }
-        if (draining && main_workers_finished(workers, n_workers)) {
-            break;
-        }
+    uv_signal_t *handles[] = {&m.sig_term, &m.sig_int, &m.sig_hup};
+    int numbers[] = {SIGTERM, SIGINT, SIGHUP};
+    for (size_t i = 0; i < 3; i++) {
+        uv_signal_init(&m.loop, handles[i]);
+        handles[i]->data = &m;
+        uv_signal_start(handles[i], main_on_signal, numbers[i]);
     }
+    pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
+    uv_run(&m.loop, UV_RUN_DEFAULT);
+    (void)uv_loop_close(&m.loop);
+    runtime = m.runtime;
     for (unsigned w = 0; w < n_workers; w++) {
         worker_join(&workers[w]);
     }
-    log_info(0, "stopped", "sessions_left=%u", (unsigned)worker_connections);
+    log_info(0, "stopped", "sessions_left=%u", (unsigned)shared.connections);
     runtime_unref(runtime);
     learn_free(shared.front_learned);
-    learn_free(shared.back_failed);
+    learn_free(shared.back_memory);
     return 0;
 }

@@ -56,8 +56,9 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
                                            METRICS_COUNTER, METRICS_SESSIONS_HELP},
     [METRICS_SESSIONS_UPSTREAM_TLS_FAILED] = {"sessions_total", "end=\"upstream-tls-failed\"",
                                               METRICS_COUNTER, METRICS_SESSIONS_HELP},
-    [METRICS_SESSIONS_MESSAGE_REJECTED] = {"sessions_total", "end=\"message-rejected\"",
-                                           METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_UPSTREAM_IDENTITY_REFUSED] = {"sessions_total",
+                                                    "end=\"upstream-identity-refused\"",
+                                                    METRICS_COUNTER, METRICS_SESSIONS_HELP},
     [METRICS_SESSIONS_TOO_MANY_CONNECTIONS] = {"sessions_total", "end=\"too-many-connections\"",
                                                METRICS_COUNTER, METRICS_SESSIONS_HELP},
     [METRICS_SESSIONS_SHUTDOWN] = {"sessions_total", "end=\"shutdown\"", METRICS_COUNTER,
@@ -66,6 +67,10 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
                                 METRICS_SESSIONS_HELP},
     [METRICS_MESSAGES] = {"messages_total", NULL, METRICS_COUNTER,
                           "Messages relayed: the upstream accepted the end of DATA."},
+    [METRICS_MESSAGES_REJECTED] = {"messages_rejected_total", NULL, METRICS_COUNTER,
+                                   "Messages refused by the proxy for content an upstream "
+                                   "could misread (bare CR, a \".\" line next to a bare LF, "
+                                   "NUL starting a line)."},
     [METRICS_BYTES_IN] = {"bytes_total", "direction=\"in\"", METRICS_COUNTER, METRICS_BYTES_HELP},
     [METRICS_BYTES_OUT] = {"bytes_total", "direction=\"out\"", METRICS_COUNTER, METRICS_BYTES_HELP},
     [METRICS_FRONT_STARTTLS_OFFERED] = {"front_starttls_total", "result=\"offered\"",
@@ -104,15 +109,16 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
     [METRICS_BACK_FALLBACK_OTHER] = {"back_tls_fallback_total", "reason=\"other\"", METRICS_COUNTER,
                                      METRICS_FALLBACK_HELP},
     [METRICS_BACK_REMEMBERED_SKIPS] = {"back_tls_remembered_skips_total", NULL, METRICS_COUNTER,
-                                       "Upstream connections that skipped STARTTLS because "
-                                       "the upstream is remembered as failing."},
+                                       "Upstream connections that started at a remembered "
+                                       "fallback step (skipping the better ones)."},
     [METRICS_BACK_REQUIRE_FAILURES] = {"back_tls_require_failures_total", NULL, METRICS_COUNTER,
                                        "Sessions refused because upstream TLS was required "
                                        "and failed."},
     [METRICS_FRONT_LEARNED_ENTRIES] = {"front_learned_entries", NULL, METRICS_GAUGE,
                                        "Clients remembered as failing client-side TLS."},
     [METRICS_BACK_REMEMBERED_ENTRIES] = {"back_remembered_entries", NULL, METRICS_GAUGE,
-                                         "Upstreams remembered as failing TLS."},
+                                         "Upstreams remembered with the fallback step that "
+                                         "worked."},
 };
 
 struct metrics_hist_info {
@@ -214,88 +220,75 @@ void metrics_reset(void)
     }
 }
 
-static bool metrics_starts(const char *s, const char *prefix)
+enum metrics_counter metrics_session_end(enum reason_end reason)
 {
-    return strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
-enum metrics_counter metrics_session_end(const char *reason)
-{
-    static const struct {
-        const char *reason;
-        enum metrics_counter id;
-    } exact[] = {
-        {"quit", METRICS_SESSIONS_QUIT},
-        {"client-lost-in-data", METRICS_SESSIONS_CLIENT_LOST_IN_DATA},
-        {"timeout", METRICS_SESSIONS_TIMEOUT},
-        {"upstream-unreachable", METRICS_SESSIONS_UPSTREAM_UNREACHABLE},
-        {"upstream-timeout", METRICS_SESSIONS_UPSTREAM_TIMEOUT},
-        {"upstream-tls-failed", METRICS_SESSIONS_UPSTREAM_TLS_FAILED},
-        {"message-rejected", METRICS_SESSIONS_MESSAGE_REJECTED},
-        {"too-many-connections", METRICS_SESSIONS_TOO_MANY_CONNECTIONS},
-        {"shutdown", METRICS_SESSIONS_SHUTDOWN},
-        /* What session_back_failed() ends a session with besides "upstream-*": the
-         * connection broke outside TLS negotiation. */
-        {"bad-ehlo-reply", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"ehlo-reply-too-long", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"reply-line-too-long", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"validation-failure", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"handshake-timeout", METRICS_SESSIONS_UPSTREAM_LOST},
-    };
-    if (reason == NULL) {
-        return METRICS_SESSIONS_OTHER;
-    }
-    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
-        if (strcmp(reason, exact[i].reason) == 0) {
-            return exact[i].id;
-        }
-    }
-    /* client-closed, client-error, client-write-error, client-tls-error,
-     * client-tls-failed: the client ended or broke its connection. */
-    if (metrics_starts(reason, "client-")) {
+    switch (reason) {
+    case REASON_END_QUIT:
+        return METRICS_SESSIONS_QUIT;
+    case REASON_END_CLIENT_CLOSED:
+    case REASON_END_CLIENT_ERROR:
+    case REASON_END_CLIENT_WRITE_ERROR:
+    case REASON_END_CLIENT_TLS_FAILED:
+    case REASON_END_CLIENT_TLS_ERROR:
         return METRICS_SESSIONS_CLIENT_CLOSED;
-    }
-    /* upstream-closed, -error, -write-error, -tls-error, -421, -protocol-error,
-     * -replay-failed, and failures of a TLS upstream once relaying. */
-    if (metrics_starts(reason, "upstream-") || metrics_starts(reason, "tls-alert:") ||
-        metrics_starts(reason, "tls-error:") || metrics_starts(reason, "eof-") ||
-        metrics_starts(reason, "certificate-") || metrics_starts(reason, "starttls-") ||
-        metrics_starts(reason, "post-tls-")) {
+    case REASON_END_CLIENT_LOST_IN_DATA:
+        return METRICS_SESSIONS_CLIENT_LOST_IN_DATA;
+    case REASON_END_TIMEOUT:
+        return METRICS_SESSIONS_TIMEOUT;
+    case REASON_END_UPSTREAM_UNREACHABLE:
+        return METRICS_SESSIONS_UPSTREAM_UNREACHABLE;
+    case REASON_END_UPSTREAM_CLOSED:
+    case REASON_END_UPSTREAM_ERROR:
+    case REASON_END_UPSTREAM_WRITE_ERROR:
+    case REASON_END_UPSTREAM_TLS_ERROR:
+    case REASON_END_UPSTREAM_421:
+    case REASON_END_UPSTREAM_PROTOCOL_ERROR:
+    case REASON_END_UPSTREAM_REPLAY_FAILED:
         return METRICS_SESSIONS_UPSTREAM_LOST;
+    case REASON_END_UPSTREAM_TIMEOUT:
+        return METRICS_SESSIONS_UPSTREAM_TIMEOUT;
+    case REASON_END_UPSTREAM_TLS_FAILED:
+        return METRICS_SESSIONS_UPSTREAM_TLS_FAILED;
+    case REASON_END_UPSTREAM_IDENTITY_REFUSED:
+        return METRICS_SESSIONS_UPSTREAM_IDENTITY_REFUSED;
+    case REASON_END_TOO_MANY_CONNECTIONS:
+        return METRICS_SESSIONS_TOO_MANY_CONNECTIONS;
+    case REASON_END_SHUTDOWN:
+        return METRICS_SESSIONS_SHUTDOWN;
+    case REASON_END_UNKNOWN:
+    case REASON_END_BAD_PROXY_HEADER:
+    case REASON_END_LOOP_REFUSED:
+    case REASON_END_OUT_OF_MEMORY:
+    case REASON_END_INTERNAL_ERROR:
+    case REASON_END_COUNT:
+        break;
     }
     return METRICS_SESSIONS_OTHER;
 }
 
-enum metrics_counter metrics_back_fallback_reason(const char *reason)
+enum metrics_counter metrics_back_fallback(enum reason_back_tls reason)
 {
-    static const struct {
-        const char *prefix; /* matches when the reason starts with it */
-        enum metrics_counter id;
-    } classes[] = {
-        /* Timeouts first: they share prefixes with other classes. */
-        {"starttls-reply-timeout", METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT},
-        {"handshake-timeout", METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT},
-        {"starttls-refused", METRICS_BACK_FALLBACK_STARTTLS_REFUSED},
-        {"starttls-bad-reply", METRICS_BACK_FALLBACK_STARTTLS_BAD_REPLY},
-        {"tls-alert", METRICS_BACK_FALLBACK_TLS_ALERT},
-        {"tls-error", METRICS_BACK_FALLBACK_TLS_ERROR},
-        {"upstream-tls-error", METRICS_BACK_FALLBACK_TLS_ERROR},
-        /* eof-after-220, eof-during-handshake, eof-after-starttls; an upstream that closed
-         * while STARTTLS was being negotiated. */
-        {"eof-", METRICS_BACK_FALLBACK_EOF},
-        {"upstream-closed", METRICS_BACK_FALLBACK_EOF},
-        {"post-tls-ehlo", METRICS_BACK_FALLBACK_POST_TLS_EHLO},
-        {"post-tls-eof", METRICS_BACK_FALLBACK_POST_TLS_EOF},
-        {"certificate", METRICS_BACK_FALLBACK_CERTIFICATE},
-        {"validation-failure", METRICS_BACK_FALLBACK_CERTIFICATE},
-    };
-    if (reason == NULL) {
-        return METRICS_BACK_FALLBACK_OTHER;
-    }
-    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) {
-        if (metrics_starts(reason, classes[i].prefix)) {
-            return classes[i].id;
-        }
+    switch (reason) {
+    case REASON_BACK_TLS_STARTTLS_REFUSED:
+        return METRICS_BACK_FALLBACK_STARTTLS_REFUSED;
+    case REASON_BACK_TLS_STARTTLS_BAD_REPLY:
+        return METRICS_BACK_FALLBACK_STARTTLS_BAD_REPLY;
+    case REASON_BACK_TLS_ALERT:
+        return METRICS_BACK_FALLBACK_TLS_ALERT;
+    case REASON_BACK_TLS_ERROR:
+        return METRICS_BACK_FALLBACK_TLS_ERROR;
+    case REASON_BACK_TLS_EOF:
+        return METRICS_BACK_FALLBACK_EOF;
+    case REASON_BACK_TLS_TIMEOUT:
+        return METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT;
+    case REASON_BACK_TLS_POST_TLS_EHLO:
+        return METRICS_BACK_FALLBACK_POST_TLS_EHLO;
+    case REASON_BACK_TLS_POST_TLS_EOF:
+        return METRICS_BACK_FALLBACK_POST_TLS_EOF;
+    case REASON_BACK_TLS_CERTIFICATE:
+        return METRICS_BACK_FALLBACK_CERTIFICATE;
+    case REASON_BACK_TLS_COUNT:
+        break;
     }
     return METRICS_BACK_FALLBACK_OTHER;
 }

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "reason.h"
+
 /*
  * Every counter and gauge series, in exposition order. A labelled family is a run of ids,
  * one per label value. Names below are Prometheus names without the "smtp_tls_proxy_"
@@ -30,13 +32,14 @@ enum metrics_counter {
     METRICS_SESSIONS_UPSTREAM_LOST,
     METRICS_SESSIONS_UPSTREAM_TIMEOUT,
     METRICS_SESSIONS_UPSTREAM_TLS_FAILED,
-    METRICS_SESSIONS_MESSAGE_REJECTED,
+    METRICS_SESSIONS_UPSTREAM_IDENTITY_REFUSED,
     METRICS_SESSIONS_TOO_MANY_CONNECTIONS,
     METRICS_SESSIONS_SHUTDOWN,
     METRICS_SESSIONS_OTHER,
-    METRICS_MESSAGES,  /* messages_total: upstream answered 2xx to the end of DATA */
-    METRICS_BYTES_IN,  /* bytes_total{direction="in"}: received from clients */
-    METRICS_BYTES_OUT, /* bytes_total{direction="out"}: received from upstreams */
+    METRICS_MESSAGES,          /* messages_total: upstream answered 2xx to the end of DATA */
+    METRICS_MESSAGES_REJECTED, /* messages_rejected_total: content refused (smuggling) */
+    METRICS_BYTES_IN,          /* bytes_total{direction="in"}: received from clients */
+    METRICS_BYTES_OUT,         /* bytes_total{direction="out"}: received from upstreams */
     /* front_starttls_total{result=...}: leg 1 STARTTLS */
     METRICS_FRONT_STARTTLS_OFFERED,
     METRICS_FRONT_STARTTLS_USED,
@@ -79,7 +82,7 @@ enum metrics_histogram {
  * its widest (20 digits, or "-9223372036854775808" for a gauge). A buffer this size always
  * holds the whole text; test_metrics checks that it matches metrics_render_max().
  */
-#define METRICS_RENDER_MAX 8908
+#define METRICS_RENDER_MAX 9229
 
 /* metrics_inc adds 1 to the counter |id|. */
 void metrics_inc(enum metrics_counter id);
@@ -109,22 +112,12 @@ void metrics_observe(enum metrics_histogram id, double seconds);
 /* metrics_reset sets every series back to 0. For tests only: not atomic as a whole. */
 void metrics_reset(void);
 
-/*
- * metrics_session_end maps the proxy's end reason of a session ("quit", "client-closed",
- * "upstream-421", "tls-alert:...", ...; NULL allowed) to its sessions_total series;
- * unknown reasons map to METRICS_SESSIONS_OTHER.
- */
-enum metrics_counter metrics_session_end(const char *reason);
+/* metrics_session_end maps a session's end reason to its sessions_total series. */
+enum metrics_counter metrics_session_end(enum reason_end reason);
 
-/*
- * metrics_back_fallback_reason maps a leg 2 TLS failure reason ("starttls-refused-454",
- * "tls-alert:handshake failure", "eof-after-220", "post-tls-ehlo-timeout", ...; NULL
- * allowed) to its back_tls_fallback_total series; unknown reasons map to
- * METRICS_BACK_FALLBACK_OTHER. A timeout counts where it happened: "handshake-timeout"
- * and "starttls-reply-timeout" as handshake-timeout, "post-tls-ehlo-timeout" as
- * post-tls-ehlo.
- */
-enum metrics_counter metrics_back_fallback_reason(const char *reason);
+/* metrics_back_fallback maps the class of a failed leg-2 negotiation to its
+ * back_tls_fallback_total series. */
+enum metrics_counter metrics_back_fallback(enum reason_back_tls reason);
 
 /*
  * metrics_render writes the exposition text (Prometheus text format 0.0.4: "# HELP" and

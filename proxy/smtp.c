@@ -6,6 +6,7 @@
  */
 #include "smtp.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* ASCII only: toupper() depends on the locale and is undefined for negative chars. */
@@ -25,11 +26,61 @@ static bool smtp_equal_nocase(const char *data, const char *upper, size_t len)
     return true;
 }
 
-/* smtp_word_len returns the length of the word that starts |data|: up to a space or the end. */
+/* Output that stops at the first write that does not fit, so it never has gaps. */
+struct smtp_writer {
+    char *out;
+    size_t len;
+    size_t cap;
+    bool overflow;
+};
+
+static void smtp_put(struct smtp_writer *w, const char *data, size_t len)
+{
+    if (w->overflow || len == 0) {
+        return;
+    }
+    if (len > w->cap - w->len) {
+        w->overflow = true;
+        return;
+    }
+    if (w->out != NULL) { /* NULL: only reading the capabilities */
+        memcpy(w->out + w->len, data, len);
+    }
+    w->len += len;
+}
+
+bool smtp_is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r' || c == '\n';
+}
+
+/* smtp_word_len returns the length of the word that starts |data|: up to a space or the end
+ * (reply text: only SP separates there). */
 static size_t smtp_word_len(const char *data, size_t len)
 {
     const char *space = len > 0 ? memchr(data, ' ', len) : NULL;
     return space != NULL ? (size_t)(space - data) : len;
+}
+
+/* smtp_token_len returns the length of the word that starts |data|: up to any whitespace
+ * (command lines, read the laxest way). */
+static size_t smtp_token_len(const char *data, size_t len)
+{
+    size_t i = 0;
+    while (i < len && !smtp_is_space(data[i])) {
+        i++;
+    }
+    return i;
+}
+
+/* smtp_skip_space returns the number of whitespace bytes that start |data|. */
+static size_t smtp_skip_space(const char *data, size_t len)
+{
+    size_t i = 0;
+    while (i < len && smtp_is_space(data[i])) {
+        i++;
+    }
+    return i;
 }
 
 enum smtp_result smtp_line_find(size_t *out_line_len, size_t *out_eol_len, const char *data,
@@ -97,10 +148,7 @@ static enum smtp_result smtp_path_parse(struct smtp_command *out, const char *ke
         return SMTP_BAD_SYNTAX;
     }
     /* RFC 5321 allows no space before '<', but many clients send one; Postfix takes it. */
-    size_t start = keyword_len;
-    while (start < args_len && args[start] == ' ') {
-        start++;
-    }
+    size_t start = keyword_len + smtp_skip_space(args + keyword_len, args_len - keyword_len);
     if (start == args_len || args[start] != '<') {
         return SMTP_BAD_SYNTAX;
     }
@@ -119,7 +167,7 @@ static enum smtp_result smtp_path_parse(struct smtp_command *out, const char *ke
         return SMTP_BAD_SYNTAX;
     }
     size_t end = i + 1;
-    if (end < args_len && args[end] != ' ') {
+    if (end < args_len && !smtp_is_space(args[end])) {
         return SMTP_BAD_SYNTAX;
     }
     if (end - start > SMTP_PATH_MAX) {
@@ -131,8 +179,9 @@ static enum smtp_result smtp_path_parse(struct smtp_command *out, const char *ke
 }
 
 /*
- * RFC 3030: "BDAT" SP chunk-size [ SP "LAST" ]. Parsed strictly, because the size frames
- * the bytes that follow: reading it differently from the receiver would desynchronise us.
+ * RFC 3030: "BDAT" SP chunk-size [ SP "LAST" ]. The size frames the bytes that follow, so
+ * reading it differently from the receiver would desynchronise the two: it is parsed the
+ * way the laxest receiver splits words (any whitespace), and anything else is refused.
  */
 static enum smtp_result smtp_bdat_parse(struct smtp_command *out)
 {
@@ -151,7 +200,8 @@ static enum smtp_result smtp_bdat_parse(struct smtp_command *out)
         return SMTP_BAD_SYNTAX;
     }
     if (i < args_len) {
-        if (args_len - i != 5 || args[i] != ' ' || !smtp_equal_nocase(args + i + 1, "LAST", 4)) {
+        size_t gap = smtp_skip_space(args + i, args_len - i);
+        if (gap == 0 || args_len - i - gap != 4 || !smtp_equal_nocase(args + i + gap, "LAST", 4)) {
             return SMTP_BAD_SYNTAX;
         }
         out->bdat_last = true;
@@ -166,13 +216,18 @@ enum smtp_result smtp_command_parse(struct smtp_command *out, const char *line, 
     if (len == 0) {
         return SMTP_OK;
     }
-    size_t verb_len = smtp_word_len(line, len);
-    out->verb = smtp_verb_of(line, verb_len);
-    size_t args_at = verb_len < len ? verb_len + 1 : len;
+    size_t verb_len = smtp_token_len(line, len);
+    size_t args_at = verb_len + smtp_skip_space(line + verb_len, len - verb_len);
+    size_t args_end = len;
+    while (args_end > args_at && smtp_is_space(line[args_end - 1])) {
+        args_end--;
+    }
+    out->verb = verb_len > 0 ? smtp_verb_of(line, verb_len) : SMTP_VERB_OTHER;
     out->args = line + args_at;
-    out->args_len = len - args_at;
-    /* A CR or LF inside a command is how commands get smuggled past a line-based check. */
-    if (memchr(line, '\0', len) != NULL || memchr(line, '\r', len) != NULL ||
+    out->args_len = args_end - args_at;
+    /* A CR or LF inside a command is how commands get smuggled past a line-based check;
+     * leading whitespace is skipped by some servers and not by others. */
+    if (verb_len == 0 || memchr(line, '\0', len) != NULL || memchr(line, '\r', len) != NULL ||
         memchr(line, '\n', len) != NULL) {
         return SMTP_BAD_SYNTAX;
     }
@@ -186,6 +241,101 @@ enum smtp_result smtp_command_parse(struct smtp_command *out, const char *line, 
     default:
         return SMTP_OK;
     }
+}
+
+void smtp_helo_name(const char **out_name, size_t *out_len, const struct smtp_command *cmd)
+{
+    *out_name = cmd->args;
+    *out_len = smtp_token_len(cmd->args, cmd->args_len);
+}
+
+size_t smtp_xtext(char *out, size_t out_cap, const char *text, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        char enc[3] = {(char)c, 0, 0};
+        size_t enc_len = 1;
+        if (c < 33 || c > 126 || c == '+' || c == '=') {
+            enc[0] = '+';
+            enc[1] = hex[c >> 4];
+            enc[2] = hex[c & 15];
+            enc_len = 3;
+        }
+        for (size_t k = 0; k < enc_len; k++, n++) {
+            if (n < out_cap) {
+                out[n] = enc[k];
+            }
+        }
+    }
+    return n;
+}
+
+/* smtp_params_have tells whether the space-separated |params| name |attr| (any case). */
+static bool smtp_params_have(const char *params, size_t len, const char *attr)
+{
+    size_t attr_len = strlen(attr);
+    size_t i = 0;
+    while (i < len) {
+        i += smtp_skip_space(params + i, len - i);
+        size_t word = smtp_token_len(params + i, len - i);
+        if (word == attr_len && smtp_equal_nocase(params + i, attr, attr_len)) {
+            return true;
+        }
+        i += word;
+    }
+    return false;
+}
+
+/* smtp_printable tells whether every byte is printable ASCII (33..126). */
+static bool smtp_printable(const char *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)text[i] < 33 || (unsigned char)text[i] > 126) {
+            return false;
+        }
+    }
+    return true;
+}
+
+enum smtp_result smtp_xclient_format(char *out, size_t *out_len, size_t out_cap, const char *params,
+                                     size_t params_len, const struct smtp_xclient *x)
+{
+    struct smtp_writer w = {.out = out, .cap = out_cap};
+    char attr[96];
+    *out_len = 0;
+    if (!smtp_params_have(params, params_len, "ADDR") || x->addr == NULL) {
+        return SMTP_BAD_SYNTAX;
+    }
+    smtp_put(&w, "XCLIENT", 7);
+    /* Postfix wants IPv6 in the RFC 5321 address-literal form, with the IPV6: prefix. */
+    int n = snprintf(attr, sizeof(attr), " ADDR=%s%s", x->ipv6 ? "IPV6:" : "", x->addr);
+    if (n < 0 || (size_t)n >= sizeof(attr)) {
+        return SMTP_TOO_LONG;
+    }
+    smtp_put(&w, attr, (size_t)n);
+    if (smtp_params_have(params, params_len, "PORT")) {
+        n = snprintf(attr, sizeof(attr), " PORT=%u", x->port);
+        smtp_put(&w, attr, (size_t)n);
+    }
+    if (smtp_params_have(params, params_len, "PROTO")) {
+        const char *proto = x->esmtp ? " PROTO=ESMTP" : " PROTO=SMTP";
+        smtp_put(&w, proto, strlen(proto));
+    }
+    if (smtp_params_have(params, params_len, "HELO") && x->helo != NULL && x->helo_len > 0 &&
+        x->helo_len <= 255 && smtp_printable(x->helo, x->helo_len)) {
+        char name[3 * 255];
+        size_t name_len = smtp_xtext(name, sizeof(name), x->helo, x->helo_len);
+        smtp_put(&w, " HELO=", 6);
+        smtp_put(&w, name, name_len);
+    }
+    smtp_put(&w, "\r\n", 2);
+    if (w.overflow) {
+        return SMTP_TOO_LONG;
+    }
+    *out_len = w.len;
+    return SMTP_OK;
 }
 
 void smtp_reply_parser_init(struct smtp_reply_parser *p)
@@ -247,29 +397,6 @@ static unsigned smtp_cap_of(const char *text, size_t len)
         }
     }
     return 0;
-}
-
-/* Output that stops at the first write that does not fit, so it never has gaps. */
-struct smtp_writer {
-    char *out;
-    size_t len;
-    size_t cap;
-    bool overflow;
-};
-
-static void smtp_put(struct smtp_writer *w, const char *data, size_t len)
-{
-    if (w->overflow || len == 0) {
-        return;
-    }
-    if (len > w->cap - w->len) {
-        w->overflow = true;
-        return;
-    }
-    if (w->out != NULL) { /* NULL: only reading the capabilities */
-        memcpy(w->out + w->len, data, len);
-    }
-    w->len += len;
 }
 
 enum smtp_result smtp_ehlo_edit(char *out, size_t *out_len, unsigned *out_caps, size_t out_cap,
@@ -348,43 +475,103 @@ enum smtp_result smtp_ehlo_edit(char *out, size_t *out_len, unsigned *out_caps, 
  */
 enum smtp_scan_state {
     SMTP_SCAN_LINE_START = 0, /* after CRLF, or at the very start of the content */
-    SMTP_SCAN_DOT,            /* "." at the start of a line */
-    SMTP_SCAN_DOT_CR,         /* "." CR at the start of a line */
+    SMTP_SCAN_LINE_START_LF,  /* after a bare LF taken as a line end (normalize) */
+    SMTP_SCAN_DOT,            /* "." at the start of a line after CRLF */
+    SMTP_SCAN_DOT_CR,         /* "." CR at the start of a line after CRLF */
+    SMTP_SCAN_DOT_LF,         /* "." at the start of a line after a bare LF */
     SMTP_SCAN_TEXT,           /* inside a line */
-    SMTP_SCAN_CR,             /* CR anywhere else: must be followed by LF */
-    SMTP_SCAN_BARE_EOL,       /* a bare CR or LF was seen: only skipping goes on */
+    SMTP_SCAN_CR,             /* CR inside a line: must be followed by LF */
+    SMTP_SCAN_BARE_LF,        /* normalize: the next byte is the bare LF just reported */
+    SMTP_SCAN_REJECTED,       /* rejected: only skipping goes on */
     SMTP_SCAN_END,            /* the end marker is complete (never stored) */
 };
 
+/* What one byte does: the next state, or a verdict. */
+enum smtp_scan_event {
+    SMTP_SCAN_GO = 0,     /* move to the state given */
+    SMTP_SCAN_NEWLINE_LF, /* normalize: a bare LF ends this line */
+    SMTP_SCAN_REFUSE,     /* reject, for the reason given */
+};
+
 /*
- * smtp_scan_next moves over one byte of content. A bare LF, or a CR followed by anything
- * but LF, leads to SMTP_SCAN_BARE_EOL: receivers disagree on whether such a byte ends a
- * line, which is what SMTP smuggling (CVE-2023-51764) exploits.
+ * smtp_scan_step decides one byte of content in |state|. Bare CR, NUL starting a line, and
+ * a "." line next to a bare LF are what SMTP smuggling (CVE-2023-51764) exploits: some
+ * receiver reads them as an end of data while the proxy does not, or the other way round.
  */
-static enum smtp_scan_state smtp_scan_next(enum smtp_scan_state state, char c)
+static enum smtp_scan_event smtp_scan_step(enum smtp_scan_state *state, enum smtp_data_reject *why,
+                                           char c, bool normalize)
 {
-    bool after_cr = state == SMTP_SCAN_CR || state == SMTP_SCAN_DOT_CR;
-    if (c == '\n') {
-        if (state == SMTP_SCAN_DOT_CR) {
-            return SMTP_SCAN_END;
+    enum smtp_scan_state st = *state;
+    switch (st) {
+    case SMTP_SCAN_LINE_START:
+    case SMTP_SCAN_LINE_START_LF:
+    case SMTP_SCAN_TEXT:
+        if (c == '\r') {
+            *state = SMTP_SCAN_CR;
+        } else if (c == '\n') {
+            if (!normalize) {
+                *why = SMTP_DATA_REJECT_BARE_LF;
+                return SMTP_SCAN_REFUSE;
+            }
+            return SMTP_SCAN_NEWLINE_LF;
+        } else if (c == '\0' && st != SMTP_SCAN_TEXT) {
+            *why = SMTP_DATA_REJECT_NUL;
+            return SMTP_SCAN_REFUSE;
+        } else if (c == '.' && st != SMTP_SCAN_TEXT) {
+            *state = st == SMTP_SCAN_LINE_START ? SMTP_SCAN_DOT : SMTP_SCAN_DOT_LF;
+        } else {
+            *state = SMTP_SCAN_TEXT;
         }
-        return after_cr ? SMTP_SCAN_LINE_START : SMTP_SCAN_BARE_EOL;
+        return SMTP_SCAN_GO;
+    case SMTP_SCAN_DOT:
+        if (c == '\r') {
+            *state = SMTP_SCAN_DOT_CR;
+            return SMTP_SCAN_GO;
+        }
+        if (c == '\n' || c == '\0') {
+            *why = c == '\n' ? SMTP_DATA_REJECT_DOT_BARE_LF : SMTP_DATA_REJECT_NUL;
+            return SMTP_SCAN_REFUSE;
+        }
+        *state = SMTP_SCAN_TEXT;
+        return SMTP_SCAN_GO;
+    case SMTP_SCAN_DOT_LF:
+        if (c == '\r' || c == '\n' || c == '\0') {
+            *why = c == '\0' ? SMTP_DATA_REJECT_NUL : SMTP_DATA_REJECT_DOT_BARE_LF;
+            return SMTP_SCAN_REFUSE;
+        }
+        *state = SMTP_SCAN_TEXT;
+        return SMTP_SCAN_GO;
+    case SMTP_SCAN_DOT_CR:
+        if (c == '\n') {
+            *state = SMTP_SCAN_END;
+            return SMTP_SCAN_GO;
+        }
+        *why = SMTP_DATA_REJECT_BARE_CR;
+        return SMTP_SCAN_REFUSE;
+    case SMTP_SCAN_CR:
+        if (c == '\n') {
+            *state = SMTP_SCAN_LINE_START;
+            return SMTP_SCAN_GO;
+        }
+        *why = SMTP_DATA_REJECT_BARE_CR;
+        return SMTP_SCAN_REFUSE;
+    case SMTP_SCAN_BARE_LF:
+        /* The LF reported by SMTP_DATA_BARE_LF: the caller has sent a CR before it. */
+        *state = c == '\n' ? SMTP_SCAN_LINE_START_LF : SMTP_SCAN_TEXT;
+        return SMTP_SCAN_GO;
+    case SMTP_SCAN_REJECTED:
+    case SMTP_SCAN_END:
+        break;
     }
-    if (after_cr) {
-        return SMTP_SCAN_BARE_EOL;
-    }
-    if (c == '\r') {
-        return state == SMTP_SCAN_DOT ? SMTP_SCAN_DOT_CR : SMTP_SCAN_CR;
-    }
-    if (c == '.' && state == SMTP_SCAN_LINE_START) {
-        return SMTP_SCAN_DOT;
-    }
-    return SMTP_SCAN_TEXT;
+    *why = SMTP_DATA_REJECT_BARE_CR;
+    return SMTP_SCAN_REFUSE;
 }
 
-void smtp_data_scanner_init(struct smtp_data_scanner *s)
+void smtp_data_scanner_init(struct smtp_data_scanner *s, bool normalize)
 {
     s->state = SMTP_SCAN_LINE_START;
+    s->reject = SMTP_DATA_REJECT_NONE;
+    s->normalize = normalize;
 }
 
 enum smtp_data_result smtp_data_scan(struct smtp_data_scanner *s, size_t *out_used,
@@ -392,9 +579,10 @@ enum smtp_data_result smtp_data_scan(struct smtp_data_scanner *s, size_t *out_us
 {
     enum smtp_scan_state state = (enum smtp_scan_state)s->state;
     *out_used = 0;
-    if (state == SMTP_SCAN_BARE_EOL) {
-        return SMTP_DATA_BARE_EOL;
+    if (state == SMTP_SCAN_REJECTED || s->reject != SMTP_DATA_REJECT_NONE) {
+        return SMTP_DATA_REJECT; /* until smtp_skip_bad_data() found the end */
     }
+    size_t line_at = 0; /* where the current line started, for holding back "." and ".\r" */
     for (size_t i = 0; i < len; i++) {
         if (state == SMTP_SCAN_TEXT) {
             /* Inside a line only CR and LF matter: skip to the first of them. Most of a
@@ -407,46 +595,95 @@ enum smtp_data_result smtp_data_scan(struct smtp_data_scanner *s, size_t *out_us
                 break;
             }
         }
-        state = smtp_scan_next(state, data[i]);
-        if (state == SMTP_SCAN_END) {
-            s->state = SMTP_SCAN_LINE_START;
-            *out_used = i + 1;
-            return SMTP_DATA_END;
+        if (state == SMTP_SCAN_LINE_START || state == SMTP_SCAN_LINE_START_LF) {
+            line_at = i;
         }
-        if (state == SMTP_SCAN_BARE_EOL) {
-            /* Byte i revealed it (the LF itself, or the byte after a bare CR), so the
-             * offset does not depend on where the content was split. */
-            s->state = SMTP_SCAN_BARE_EOL;
+        enum smtp_data_reject why = SMTP_DATA_REJECT_NONE;
+        switch (smtp_scan_step(&state, &why, data[i], s->normalize)) {
+        case SMTP_SCAN_GO:
+            if (state == SMTP_SCAN_END) {
+                s->state = SMTP_SCAN_LINE_START;
+                *out_used = i + 1;
+                return SMTP_DATA_END;
+            }
+            break;
+        case SMTP_SCAN_NEWLINE_LF:
+            s->state = SMTP_SCAN_BARE_LF;
             *out_used = i;
-            return SMTP_DATA_BARE_EOL;
+            return SMTP_DATA_BARE_LF;
+        case SMTP_SCAN_REFUSE:
+            /* Byte i revealed it, so the offset does not depend on where the content was
+             * split. */
+            s->state = SMTP_SCAN_REJECTED;
+            s->reject = why;
+            *out_used = i;
+            return SMTP_DATA_REJECT;
         }
+    }
+    /* A line that is so far "." or ".\r" could still become the end, or something a
+     * receiver reads as one: it is not content yet, and is offered again with more. */
+    if (state == SMTP_SCAN_DOT || state == SMTP_SCAN_DOT_CR || state == SMTP_SCAN_DOT_LF) {
+        s->state = state == SMTP_SCAN_DOT_LF ? SMTP_SCAN_LINE_START_LF : SMTP_SCAN_LINE_START;
+        *out_used = line_at;
+        return SMTP_DATA_MORE;
     }
     s->state = state;
     *out_used = len;
     return SMTP_DATA_MORE;
 }
 
+const char *smtp_data_reject_name(const struct smtp_data_scanner *s)
+{
+    switch ((enum smtp_data_reject)s->reject) {
+    case SMTP_DATA_REJECT_BARE_CR:
+        return "bare-cr";
+    case SMTP_DATA_REJECT_BARE_LF:
+        return "bare-lf";
+    case SMTP_DATA_REJECT_DOT_BARE_LF:
+        return "dot-line-bare-lf";
+    case SMTP_DATA_REJECT_NUL:
+        return "nul-at-line-start";
+    case SMTP_DATA_REJECT_NONE:
+        break;
+    }
+    return "none";
+}
+
 bool smtp_skip_bad_data(struct smtp_data_scanner *s, size_t *out_used, const char *data, size_t len)
 {
     enum smtp_scan_state state = (enum smtp_scan_state)s->state;
-    /* smtp_data_scan() stopped at a bare LF or just after a bare CR: not a line start. */
-    if (state == SMTP_SCAN_BARE_EOL) {
+    /* smtp_data_scan() stopped at the byte that showed the problem: not a line start. */
+    if (state == SMTP_SCAN_REJECTED || state == SMTP_SCAN_BARE_LF ||
+        state == SMTP_SCAN_LINE_START_LF || state == SMTP_SCAN_DOT_LF) {
         state = SMTP_SCAN_TEXT;
     }
     *out_used = len;
     for (size_t i = 0; i < len; i++) {
-        enum smtp_scan_state next = smtp_scan_next(state, data[i]);
-        if (next == SMTP_SCAN_END) {
-            s->state = SMTP_SCAN_LINE_START;
-            *out_used = i + 1;
-            return true;
-        }
+        char c = data[i];
         /* Only CRLF ends a line here: that is the end a conforming client sends, so
          * "\n.\n" or "\r.\r\n" hidden in the rejected content cannot end it early. */
-        if (next == SMTP_SCAN_BARE_EOL) {
-            next = data[i] == '\r' ? SMTP_SCAN_CR : SMTP_SCAN_TEXT;
+        switch (state) {
+        case SMTP_SCAN_LINE_START:
+            state = c == '.' ? SMTP_SCAN_DOT : c == '\r' ? SMTP_SCAN_CR : SMTP_SCAN_TEXT;
+            break;
+        case SMTP_SCAN_DOT:
+            state = c == '\r' ? SMTP_SCAN_DOT_CR : SMTP_SCAN_TEXT;
+            break;
+        case SMTP_SCAN_DOT_CR:
+            if (c == '\n') {
+                smtp_data_scanner_init(s, s->normalize);
+                *out_used = i + 1;
+                return true;
+            }
+            state = c == '\r' ? SMTP_SCAN_CR : SMTP_SCAN_TEXT;
+            break;
+        case SMTP_SCAN_CR:
+            state = c == '\n' ? SMTP_SCAN_LINE_START : c == '\r' ? SMTP_SCAN_CR : SMTP_SCAN_TEXT;
+            break;
+        default:
+            state = c == '\r' ? SMTP_SCAN_CR : SMTP_SCAN_TEXT;
+            break;
         }
-        state = next;
     }
     s->state = state;
     return false;

@@ -61,10 +61,11 @@ enum smtp_verb {
 /* A parsed command. Pointers borrow from the line given to smtp_command_parse(). */
 struct smtp_command {
     enum smtp_verb verb;
-    const char *args; /* after the verb and one space; not NUL-terminated */
+    const char *args; /* after the verb and the whitespace after it, without trailing
+                         whitespace; not NUL-terminated */
     size_t args_len;
     /* MAIL FROM:<path> / RCPT TO:<path>: the path, brackets included ("<>" is a path);
-     * ESMTP parameters, if any, follow it after one space. */
+     * ESMTP parameters, if any, follow it after whitespace. */
     const char *path;
     size_t path_len;
     /* BDAT size [LAST] */
@@ -75,20 +76,66 @@ struct smtp_command {
 /* Largest BDAT chunk size accepted (RFC 3030 puts no limit; this keeps arithmetic safe). */
 #define SMTP_BDAT_SIZE_MAX ((uint64_t)1 << 40)
 
+/* smtp_is_space tells whether |c| separates words in a command line the way the laxest
+ * servers read it (Postfix, Sendmail: C isspace in the C locale). */
+bool smtp_is_space(char c);
+
 /*
- * smtp_command_parse parses one command line (without its line ending). The verb is the
- * text before the first space (or the whole line), matched case-insensitively; "DATAX"
- * and the empty line are SMTP_VERB_OTHER. |out| is always filled: verb and args even on
- * failure, the other fields zero unless parsed. Returns SMTP_OK, SMTP_PATH_TOO_LONG or
- * SMTP_BAD_SYNTAX for: a NUL, CR or LF byte anywhere in the line; a MAIL/RCPT whose
- * arguments are not "FROM:<path>"/"TO:<path>" (any case; spaces before '<' accepted)
- * followed by nothing or by a space and parameters (a '>' inside a quoted local part does
- * not end the path); a BDAT that is not exactly
- * "size" or "size LAST" (any case) with a decimal size up to SMTP_BDAT_SIZE_MAX.
- * Arguments after DATA/RSET/QUIT/STARTTLS etc. are NOT errors here: the caller decides.
- * Unknown verbs are SMTP_VERB_OTHER and SMTP_OK.
+ * smtp_command_parse parses one command line (without its line ending) the way the laxest
+ * server behind the proxy would (Postfix splits on any whitespace and ignores case): the
+ * verb is the text before the first whitespace byte (smtp_is_space), matched
+ * case-insensitively, so "XCLIENT\tADDR=x" is XCLIENT; "DATAX" and the empty line are
+ * SMTP_VERB_OTHER. |out| is always filled: verb and args even on failure, the other fields
+ * zero unless parsed. Returns SMTP_OK, SMTP_PATH_TOO_LONG, or SMTP_BAD_SYNTAX for: a line
+ * that starts with whitespace (a server that skips it would see a verb the proxy cannot
+ * vouch for; the verb is then SMTP_VERB_OTHER); a NUL, CR or LF byte anywhere in the line;
+ * a MAIL/RCPT whose arguments are not "FROM:<path>"/"TO:<path>" (any case; whitespace
+ * before '<' accepted) followed by nothing or by whitespace and parameters (a '>' inside a
+ * quoted local part does not end the path); a BDAT whose arguments are not "size" or
+ * "size LAST" (any case, any whitespace between) with a decimal size up to
+ * SMTP_BDAT_SIZE_MAX. Arguments after DATA/RSET/QUIT/STARTTLS etc. are NOT errors here:
+ * the caller decides. Unknown verbs are SMTP_VERB_OTHER and SMTP_OK.
  */
 enum smtp_result smtp_command_parse(struct smtp_command *out, const char *line, size_t len);
+
+/*
+ * smtp_helo_name finds the domain (or address literal) of a parsed EHLO/HELO: the first
+ * word of its arguments. Sets *out_name and *out_len (length 0 when there is none).
+ */
+void smtp_helo_name(const char **out_name, size_t *out_len, const struct smtp_command *cmd);
+
+/*
+ * smtp_xtext writes |len| bytes of |text| as RFC 3461 xtext ('+', '=' and bytes outside
+ * 33..126 as "+XX") into |out|, at most |out_cap| bytes, and returns the length of the
+ * whole encoding (like snprintf; no NUL is written). |out| may be NULL when out_cap is 0.
+ */
+size_t smtp_xtext(char *out, size_t out_cap, const char *text, size_t len);
+
+/* The client's identity for XCLIENT (Postfix's XCLIENT_README). */
+struct smtp_xclient {
+    const char *addr; /* the client's address as text: "192.0.2.1" or "2001:db8::1" */
+    bool ipv6;        /* then ADDR gets Postfix's "IPV6:" prefix */
+    unsigned port;
+    bool esmtp;       /* PROTO=ESMTP (the client sent EHLO), else PROTO=SMTP */
+    const char *helo; /* the client's EHLO/HELO name; may be NULL */
+    size_t helo_len;
+};
+
+/* Longest XCLIENT line smtp_xclient_format() writes, CRLF included: "XCLIENT", ADDR with
+ * the IPV6: prefix, PORT, PROTO, and a 255-byte HELO name as xtext (3 bytes a byte). */
+#define SMTP_XCLIENT_LINE_MAX 1024
+
+/*
+ * smtp_xclient_format writes "XCLIENT ADDR=... PORT=... PROTO=... HELO=...\r\n" into
+ * |out| (at most |out_cap| bytes; SMTP_XCLIENT_LINE_MAX always suffices), sending only the
+ * attributes that |params| (the XCLIENT capability's parameters, as smtp_ehlo_params()
+ * returns them) advertises. A HELO name longer than 255 bytes, or one that is not printable
+ * ASCII, is left out. Returns SMTP_OK with *out_len set; SMTP_BAD_SYNTAX when ADDR is not
+ * advertised (the client's address cannot be conveyed); SMTP_TOO_LONG when out_cap is too
+ * small.
+ */
+enum smtp_result smtp_xclient_format(char *out, size_t *out_len, size_t out_cap, const char *params,
+                                     size_t params_len, const struct smtp_xclient *x);
 
 /* One reply in progress: a reply is one or more lines "ddd-text" ending with "ddd text". */
 struct smtp_reply_parser {
@@ -161,48 +208,74 @@ enum smtp_result smtp_ehlo_caps(unsigned *out_caps, const char *reply, size_t re
  * The end-of-data scanner (RFC 5321 section 4.1.1.4): finds CRLF "." CRLF in DATA
  * content fed in pieces split at any byte. The content is considered to start at the
  * beginning of a line, so ".\r\n" as the very first bytes ends an empty message.
- * Bare CR or bare LF anywhere in the content is reported, because a receiver could take
- * a "." line ended by them for the end of data (SMTP smuggling, CVE-2023-51764).
+ *
+ * It also finds what some receiver could read differently from the proxy (SMTP smuggling,
+ * CVE-2023-51764): a bare CR anywhere; a "." line ended by a bare LF or preceded by one; a
+ * line that starts with NUL or with "." and NUL (a receiver that strips NUL bytes would see
+ * a "." line); and, in reject mode, any bare LF. Such content is rejected. In normalize
+ * mode (Postfix's smtpd_forbid_bare_newline = normalize) other lines ending in a bare LF
+ * are content: the caller relays them with CRLF.
  */
 struct smtp_data_scanner {
-    int state; /* private */
+    int state;  /* private */
+    int reject; /* private: enum smtp_data_reject once rejected */
+    bool normalize;
 };
 
 enum smtp_data_result {
-    SMTP_DATA_MORE = 0, /* all bytes are content; the end is not reached */
+    SMTP_DATA_MORE = 0, /* the first *out_used bytes are content; the rest (at most the
+                           start of a line that could still become "." CRLF) is to be
+                           offered again with more bytes after it */
     SMTP_DATA_END,      /* the end marker ends at *out_used (marker included) */
-    SMTP_DATA_BARE_EOL, /* a bare CR or LF: bytes before *out_used are clean content */
+    SMTP_DATA_BARE_LF,  /* normalize: a bare LF at *out_used; relay the bytes before it, then
+                           a CR, then scan on from the LF itself */
+    SMTP_DATA_REJECT,   /* the content is rejected: bytes before *out_used are clean */
 };
 
-/* smtp_data_scanner_init prepares a scanner for a new message. */
-void smtp_data_scanner_init(struct smtp_data_scanner *s);
+/* Why content was rejected (smtp_data_reject_name() gives the log word). */
+enum smtp_data_reject {
+    SMTP_DATA_REJECT_NONE = 0,
+    SMTP_DATA_REJECT_BARE_CR,     /* "bare-cr" */
+    SMTP_DATA_REJECT_BARE_LF,     /* "bare-lf": reject mode */
+    SMTP_DATA_REJECT_DOT_BARE_LF, /* "dot-line-bare-lf": a "." line next to a bare LF */
+    SMTP_DATA_REJECT_NUL,         /* "nul-at-line-start": NUL or ".\0" starting a line */
+};
+
+/* smtp_data_scanner_init prepares a scanner for a new message; |normalize| chooses the
+ * bare-LF handling (true: normalize, false: reject). */
+void smtp_data_scanner_init(struct smtp_data_scanner *s, bool normalize);
 
 /*
- * smtp_data_scan scans the next |len| bytes of content. SMTP_DATA_MORE: *out_used == len.
+ * smtp_data_scan scans the next |len| bytes of content. SMTP_DATA_MORE: *out_used <= len
+ * bytes are content, and the caller offers the remaining bytes again, followed by more
+ * (they are at most the two bytes of a line start that is still ambiguous: "." or ".\r").
  * SMTP_DATA_END: the first *out_used bytes end with the final CRLF.CRLF; the rest belongs
- * to what follows the message. SMTP_DATA_BARE_EOL: *out_used is the offset of the byte
- * that showed the content is unclean: a bare LF itself, or the byte right after a bare CR
- * (the CR, possibly the last byte of an earlier piece, is then the byte before). So the
- * position counted from the start of the content (earlier pieces' lengths + *out_used) is
- * the same however the content was split. The bytes before it hold no end of data.
- * After SMTP_DATA_END the scanner is ready for a new message. After SMTP_DATA_BARE_EOL it
- * keeps answering SMTP_DATA_BARE_EOL with *out_used 0; pass the rest of the content, from
- * *out_used on, to smtp_skip_bad_data() with this same scanner, NOT a re-initialised one:
- * it remembers that that byte does not start a line (else "\r.\r\n" would end the skip).
+ * to what follows the message; the scanner is then ready for a new message (same mode).
+ * SMTP_DATA_BARE_LF (normalize only): data[*out_used] is a bare LF; call again with the
+ * content from that LF on. SMTP_DATA_REJECT: *out_used is the offset of the byte that
+ * showed the content is unclean (so the position counted from the start of the content is
+ * the same however it was split); the bytes before it hold no end of data for any
+ * receiver. After SMTP_DATA_REJECT it keeps answering SMTP_DATA_REJECT with *out_used 0
+ * until smtp_skip_bad_data() has found the end; pass the rest, from *out_used on, to
+ * smtp_skip_bad_data() with this same scanner.
  */
 enum smtp_data_result smtp_data_scan(struct smtp_data_scanner *s, size_t *out_used,
                                      const char *data, size_t len);
 
+/* smtp_data_reject_name returns why the scanner rejected its content ("bare-cr", ...), or
+ * "none". */
+const char *smtp_data_reject_name(const struct smtp_data_scanner *s);
+
 /*
- * smtp_skip_bad_data is for the rejected message: after SMTP_DATA_BARE_EOL the rest of
- * the content is read and thrown away until an end of data. It returns true when
- * |data| holds the end (a "." line ended by CRLF, as RFC 5321 requires the client to send
+ * smtp_skip_bad_data is for the rejected message: after SMTP_DATA_REJECT the rest of the
+ * content is read and thrown away until an end of data. It returns true when |data| holds
+ * the end (a "." line ended by CRLF after a CRLF, as RFC 5321 requires the client to send
  * it) and then *out_used counts the bytes up to and including it; false when all |len|
  * bytes are to be thrown away. Only CRLF ends a line here, so "\n.\n" and the like inside
- * the content do not end it. |s| carries state across pieces: either the scanner that
- * just returned SMTP_DATA_BARE_EOL (continue from its *out_used), or one freshly
- * initialised with smtp_data_scanner_init() to skip a whole message from its start.
- * After it returns true the scanner is ready for a new message.
+ * the content do not end it. |s| carries state across pieces: either the scanner that just
+ * returned SMTP_DATA_REJECT (continue from its *out_used), or one freshly initialised with
+ * smtp_data_scanner_init() to skip a whole message from its start. After it returns true
+ * the scanner is ready for a new message.
  */
 bool smtp_skip_bad_data(struct smtp_data_scanner *s, size_t *out_used, const char *data,
                         size_t len);

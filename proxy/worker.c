@@ -17,15 +17,13 @@
 #include "metrics_http.h"
 #include "session.h"
 
-_Atomic unsigned worker_connections;
-
 static void worker_on_drain_timeout(uv_timer_t *timer)
 {
     struct worker *w = timer->data;
-    if (w->sessions != NULL) {
+    if (w->env.sessions != NULL) {
         log_info(0, "drain-timeout", "worker=%u", w->index);
     }
-    struct session *s = w->sessions;
+    struct session *s = w->env.sessions;
     while (s != NULL) {
         struct session *next = session_next(s);
         session_shutdown(s);
@@ -50,7 +48,7 @@ static void worker_apply_reload(struct worker *w, struct runtime *runtime, const
     for (size_t i = 0; i < conf->n_listen; i++) {
         struct listener *l = NULL;
         if (fds[i] >= 0) {
-            l = w->draining ? NULL : listener_start(w, &conf->listen[i], fds[i]);
+            l = w->draining ? NULL : listener_start(&w->env, &conf->listen[i], fds[i]);
             if (w->draining) {
                 close(fds[i]);
             }
@@ -76,8 +74,8 @@ static void worker_apply_reload(struct worker *w, struct runtime *runtime, const
         w->listeners[i] = kept[i];
     }
     w->n_listeners = n_kept;
-    runtime_unref(w->runtime);
-    w->runtime = runtime;
+    runtime_unref(w->env.runtime);
+    w->env.runtime = runtime;
 }
 
 static void worker_on_wakeup(uv_async_t *async)
@@ -93,7 +91,7 @@ static void worker_on_wakeup(uv_async_t *async)
     uv_mutex_unlock(&w->wakeup_lock);
     if (reload != NULL) {
         worker_apply_reload(w, reload, fds);
-        w->reloads_applied++;
+        uv_sem_post(&w->reloaded);
     }
 
     int request = w->stop_request;
@@ -109,7 +107,7 @@ static void worker_on_wakeup(uv_async_t *async)
         uv_unref((uv_handle_t *)&w->wakeup);
         uv_unref((uv_handle_t *)&w->drain_timer);
     }
-    uint64_t drain_ms = request == 2 ? 0 : w->runtime->conf->drain_timeout_ms;
+    uint64_t drain_ms = request == 2 ? 0 : w->env.runtime->conf->drain_timeout_ms;
     uv_timer_start(&w->drain_timer, worker_on_drain_timeout, drain_ms, 0);
 }
 
@@ -118,34 +116,48 @@ static void worker_close_own_handles(struct worker *w)
     uv_mutex_lock(&w->wakeup_lock);
     w->wakeup_open = false;
     uv_close((uv_handle_t *)&w->wakeup, NULL);
+    if (w->reload != NULL) {
+        uv_sem_post(&w->reloaded); /* never adopted: main must not wait for it */
+    }
     uv_mutex_unlock(&w->wakeup_lock);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
 int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
-                struct worker_shared *shared, const int *fds)
+                struct worker_shared *shared, const int *fds, uv_async_t *finished)
 {
     w->index = index;
-    w->runtime = runtime;
     w->shared = shared;
+    w->env = (struct session_env){
+        .loop = &w->loop,
+        .runtime = runtime,
+        .front_learned = shared->front_learned,
+        .back_memory = shared->back_memory,
+        .n_connections = &shared->connections,
+    };
     w->reload = NULL;
-    w->reloads_applied = 0;
+    w->finished_notify = finished;
     w->stop_request = 0;
     w->finished = false;
     w->draining = false;
-    w->sessions = NULL;
     w->metrics = NULL;
     w->n_listeners = 0;
-    if (getrandom(&w->next_id, sizeof(w->next_id), 0) != (ssize_t)sizeof(w->next_id)) {
-        w->next_id = (uint64_t)uv_hrtime() ^ ((uint64_t)index << 56);
+    if (getrandom(&w->env.next_id, sizeof(w->env.next_id), 0) != (ssize_t)sizeof(w->env.next_id)) {
+        w->env.next_id = (uint64_t)uv_hrtime() ^ ((uint64_t)index << 56);
     }
     int rc = uv_mutex_init(&w->wakeup_lock);
     if (rc != 0) {
         return rc;
     }
+    rc = uv_sem_init(&w->reloaded, 0);
+    if (rc != 0) {
+        uv_mutex_destroy(&w->wakeup_lock);
+        return rc;
+    }
     rc = uv_loop_init(&w->loop);
     if (rc != 0) {
+        uv_sem_destroy(&w->reloaded);
         uv_mutex_destroy(&w->wakeup_lock);
         return rc;
     }
@@ -158,7 +170,7 @@ int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
     w->drain_timer.data = w;
     const struct conf *conf = runtime->conf;
     for (size_t i = 0; i < conf->n_listen; i++) {
-        struct listener *l = listener_start(w, &conf->listen[i], fds[i]);
+        struct listener *l = listener_start(&w->env, &conf->listen[i], fds[i]);
         if (l == NULL) {
             for (size_t j = i + 1; j < conf->n_listen; j++) {
                 close(fds[j]);
@@ -172,6 +184,7 @@ int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
         worker_stop_listeners(w);
         worker_close_own_handles(w);
         uv_loop_close(&w->loop);
+        uv_sem_destroy(&w->reloaded);
         uv_mutex_destroy(&w->wakeup_lock);
     }
     return rc;
@@ -187,11 +200,12 @@ static void worker_main(void *arg)
         log_warn(0, "loop-close-failed", "worker=%u error=\"%s\"", w->index, uv_strerror(rc));
     }
     w->finished = true;
+    uv_async_send(w->finished_notify);
 }
 
 int worker_serve_metrics(struct worker *w, int fd)
 {
-    w->metrics = metrics_http_start(&w->loop, fd, w->shared->front_learned, w->shared->back_failed);
+    w->metrics = metrics_http_start(&w->loop, fd, w->shared->front_learned, w->shared->back_memory);
     return w->metrics != NULL ? 0 : -1;
 }
 
@@ -200,7 +214,7 @@ int worker_start(struct worker *w)
     return uv_thread_create(&w->thread, worker_main, w);
 }
 
-void worker_reload(struct worker *w, struct runtime *runtime, const int *fds)
+bool worker_reload(struct worker *w, struct runtime *runtime, const int *fds)
 {
     uv_mutex_lock(&w->wakeup_lock);
     if (!w->wakeup_open) {
@@ -211,7 +225,7 @@ void worker_reload(struct worker *w, struct runtime *runtime, const int *fds)
             }
         }
         runtime_unref(runtime);
-        return;
+        return false;
     }
     struct runtime *stale = w->reload; /* two reloads before the worker woke up */
     int stale_fds[CONF_LISTEN_MAX];
@@ -223,6 +237,7 @@ void worker_reload(struct worker *w, struct runtime *runtime, const int *fds)
     uv_async_send(&w->wakeup);
     uv_mutex_unlock(&w->wakeup_lock);
     if (stale != NULL) {
+        uv_sem_post(&w->reloaded); /* the stale reload counts as adopted: it never will be */
         for (size_t i = 0; i < CONF_LISTEN_MAX; i++) {
             if (stale_fds[i] >= 0) {
                 close(stale_fds[i]);
@@ -230,6 +245,12 @@ void worker_reload(struct worker *w, struct runtime *runtime, const int *fds)
         }
         runtime_unref(stale);
     }
+    return true;
+}
+
+void worker_wait_reloaded(struct worker *w)
+{
+    uv_sem_wait(&w->reloaded);
 }
 
 void worker_stop(struct worker *w, bool now)
@@ -248,7 +269,8 @@ void worker_stop(struct worker *w, bool now)
 void worker_join(struct worker *w)
 {
     uv_thread_join(&w->thread);
+    uv_sem_destroy(&w->reloaded);
     uv_mutex_destroy(&w->wakeup_lock);
     runtime_unref(w->reload);
-    runtime_unref(w->runtime);
+    runtime_unref(w->env.runtime);
 }

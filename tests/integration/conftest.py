@@ -123,6 +123,44 @@ def make_fake_upstream():
 
 
 @pytest.fixture
+def make_upstream():
+    """make_upstream(cls=harness.FakeUpstream, **options) -> a started fake upstream
+    (harness.FakeUpstream or a subclass), stopped at teardown."""
+    started = []
+
+    def make(cls=harness.FakeUpstream, **options):
+        up = cls(**options)
+        up.start()
+        started.append(up)
+        return up
+
+    yield make
+    for up in started:
+        up.stop()
+
+
+@pytest.fixture
+def make_postfix():
+    """make_postfix(**LocalPostfix options) -> a started Postfix on 127.0.0.1, stopped at
+    teardown (request it before make_proxy, so the proxy stops first). Needs root: a test
+    using it is skipped with the reason otherwise."""
+    import postfix_local
+    reason = postfix_local.available()
+    if reason is not None:
+        pytest.skip(reason)
+    started = []
+
+    def make(**options):
+        pf = postfix_local.LocalPostfix(**options)
+        started.append(pf)
+        return pf.start()
+
+    yield make
+    for pf in started:
+        pf.stop()
+
+
+@pytest.fixture
 def make_proxy(proxy_bin, tmp_path):
     """make_proxy(upstream_addr, extra=None, listen=None, start=True) -> harness.Proxy.
 

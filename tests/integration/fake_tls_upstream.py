@@ -202,6 +202,9 @@ class Conn:
         self.handshake_error = None   # text of a failed server-side handshake
         self.after_starttls = b""     # bytes pipelined after the STARTTLS line (cleartext)
         self.partial = None           # body bytes read before tls-break-in-data closed
+        self.header = None            # proxy_header: the parsed PROXY header
+        self.header_raw = b""
+        self.xclients = []            # xclient: the XCLIENT lines, in order
         self.messages = []
         self.closed = threading.Event()
 
@@ -240,11 +243,21 @@ class TlsFakeUpstream:
     the 220 line's text after "220 " (its first word is the greeting host name).
     |retry_greeting|: bytes greeting every connection after the first (None: the same).
     |other_ca|: a CA file for mode client-cert-disliked (a CA that signed no client
-    certificate). |dual_stack|: also listen on [::1] with the same port."""
+    certificate). |dual_stack|: also listen on [::1] with the same port.
+    |xclient|: advertise XCLIENT in cleartext EHLO replies and accept it (a new 220
+    greeting, as Postfix answers), recording each line in Conn.xclients.
+    |proxy_header|: read a PROXY v1/v2 header before greeting (Conn.header).
+    |close_after_unknown|: N: the Nth unknown command gets "421 4.7.0 Too many
+    unrecognized commands" and the connection is closed (Exim's behaviour), inside TLS
+    too, without close_notify."""
 
     def __init__(self, cert, key, mode="tls-ok", host="127.0.0.1",
                  greeting="fake.test ESMTP fake-tls", caps=("PIPELINING", "8BITMIME", "SIZE 10240000"),
-                 other_ca=None, retry_greeting=None, rsa_cert=None, dual_stack=False):
+                 other_ca=None, retry_greeting=None, rsa_cert=None, dual_stack=False,
+                 xclient=False, proxy_header=False, close_after_unknown=None):
+        self.xclient = xclient
+        self.proxy_header = proxy_header
+        self.close_after_unknown = close_after_unknown
         assert mode in MODES, mode
         self.cert = cert
         self.key = key
@@ -373,7 +386,20 @@ class TlsFakeUpstream:
 
     def _serve(self, conn):
         io = _Io(conn.sock, self._stop)
+        conn.unknown = 0
         try:
+            if self.proxy_header:
+                import harness
+                buf = b""
+                while True:
+                    n, info = harness.parse_proxy_header(buf)
+                    if n is not None:
+                        break
+                    buf += io._recv()
+                if n < 0:
+                    raise _Gone()
+                conn.header, conn.header_raw = info, buf[:n]
+                io.buf = buf[n:]
             greeting = self.greeting
             if conn.index > 0 and self.retry_greeting is not None:
                 greeting = self.retry_greeting
@@ -394,6 +420,8 @@ class TlsFakeUpstream:
     def _ehlo_reply(self, conn, arg, in_tls):
         first = b"fake.test greets " + arg
         caps = [c.encode() for c in self.caps]
+        if self.xclient and not in_tls:
+            caps.append(b"XCLIENT NAME ADDR PROTO HELO PORT")
         if conn.mode != "no-starttls" and not in_tls:
             caps.append(b"STARTTLS")
         lines = [first] + caps
@@ -401,9 +429,14 @@ class TlsFakeUpstream:
 
     def _command(self, conn, io, line):
         """Handles one command; returns the I/O object to go on with (TLS after STARTTLS)."""
-        verb = line.split(b" ", 1)[0].upper()
+        words = line.split()
+        verb = words[0].upper() if words else b""
         arg = line[5:] if len(line) > 5 else b""
         in_tls = conn.tls_version is not None
+        if verb == b"XCLIENT" and self.xclient:
+            conn.xclients.append(line)
+            io.send(b"220 fake.test ESMTP after XCLIENT\r\n")
+            return io
         if verb in (b"EHLO", b"HELO") and in_tls and conn.mode.startswith("post-tls-ehlo-"):
             # The greeting command inside TLS (EHLO, or HELO for a HELO client) fails.
             if conn.mode == "post-tls-ehlo-403":
@@ -449,6 +482,11 @@ class TlsFakeUpstream:
             conn.starttls += 1
             return self._starttls(conn, io)
         else:
+            conn.unknown += 1
+            if self.close_after_unknown is not None and conn.unknown >= self.close_after_unknown:
+                io.send(b"421 4.7.0 Too many unrecognized commands\r\n")
+                io.sock.close()
+                raise _Gone()
             io.send(b"502 5.5.2 unknown command\r\n")
         return io
 

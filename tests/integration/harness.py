@@ -993,6 +993,82 @@ SClient.replies = SmtpConn.replies
 
 
 # --------------------------------------------------------------------------------------
+# PROXY protocol headers (HAProxy's spec), for load balancers in front and upstreams behind
+# --------------------------------------------------------------------------------------
+
+PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1_header(src, dst, sport, dport):
+    fam = "TCP6" if ":" in src else "TCP4"
+    return f"PROXY {fam} {src} {dst} {sport} {dport}\r\n".encode()
+
+
+def proxy_v2_header(src, dst, sport, dport, tlvs=b""):
+    if ":" in src:
+        fam = 0x21
+        addrs = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+    else:
+        fam = 0x11
+        addrs = socket.inet_pton(socket.AF_INET, src) + socket.inet_pton(socket.AF_INET, dst)
+    body = addrs + struct.pack("!HH", sport, dport) + tlvs
+    return PROXY_V2_SIG + bytes([0x21, fam]) + struct.pack("!H", len(body)) + body
+
+
+def proxy_header(version, src, dst, sport, dport):
+    """A v1 or v2 header ("v1"/"v2") announcing the connection src:sport -> dst:dport."""
+    return (proxy_v1_header if version == "v1" else proxy_v2_header)(src, dst, sport, dport)
+
+
+def parse_proxy_header(buf):
+    """(length, info) for a complete PROXY header at the start of |buf|; (None, None) when
+    more bytes are needed; (-1, None) when it is not a valid header."""
+    n = min(len(buf), len(PROXY_V2_SIG))
+    if buf[:n] == PROXY_V2_SIG[:n]:
+        if len(buf) < 16:
+            return None, None
+        length = struct.unpack("!H", buf[14:16])[0]
+        if len(buf) < 16 + length:
+            return None, None
+        body = buf[16:16 + length]
+        info = {"version": 2, "command": buf[12] & 0x0F, "vbits": buf[12] >> 4,
+                "family": buf[13]}
+        if buf[13] == 0x11 and length >= 12:
+            info.update(src=socket.inet_ntop(socket.AF_INET, body[0:4]),
+                        dst=socket.inet_ntop(socket.AF_INET, body[4:8]),
+                        sport=struct.unpack("!H", body[8:10])[0],
+                        dport=struct.unpack("!H", body[10:12])[0], tlvs=body[12:])
+        elif buf[13] == 0x21 and length >= 36:
+            info.update(src=socket.inet_ntop(socket.AF_INET6, body[0:16]),
+                        dst=socket.inet_ntop(socket.AF_INET6, body[16:32]),
+                        sport=struct.unpack("!H", body[32:34])[0],
+                        dport=struct.unpack("!H", body[34:36])[0], tlvs=body[36:])
+        return 16 + length, info
+    n = min(len(buf), 6)
+    if buf[:n] == b"PROXY "[:n]:
+        end = buf.find(b"\r\n")
+        if end < 0:
+            return (None, None) if len(buf) < 107 else (-1, None)
+        parts = buf[:end].decode("latin-1").split(" ")
+        info = {"version": 1, "proto": parts[1] if len(parts) > 1 else None}
+        if len(parts) == 6:
+            info.update(src=parts[2], dst=parts[3], sport=int(parts[4]), dport=int(parts[5]))
+        return end + 2, info
+    return -1, None
+
+
+def xclient_attrs(line):
+    """{"ADDR": "...", ...} from b"XCLIENT ADDR=... PORT=..."."""
+    words = line.decode("latin-1").split()
+    assert words[0].upper() == "XCLIENT", line
+    out = {}
+    for w in words[1:]:
+        k, _, v = w.partition("=")
+        out[k.upper()] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------
 # A scriptable fake upstream speaking SMTP
 # --------------------------------------------------------------------------------------
 
@@ -1047,13 +1123,30 @@ class FakeUpstream:
                      commands
       ehlo_reply     replace the whole EHLO reply with these bytes
       reply_gates    {b"NOOP": threading.Event()}: the reply to that verb waits for the event
+      proxy_header   read a PROXY v1/v2 header before greeting (as Postfix does with
+                     smtpd_upstream_proxy_protocol = haproxy); per connection: .header (the
+                     parsed header, None if invalid), .header_raw, .after_header (bytes that
+                     came with the header, before our greeting: must be empty)
+      xclient_reply  answer XCLIENT with these bytes (Postfix: a new 220 greeting); each
+                     XCLIENT line is recorded in conn.xclients. Advertise it with caps.
+      auth           advertise AUTH PLAIN and run it: "AUTH PLAIN" gets 334, the next line
+                     is the SASL response ("*" cancels: 501; "AHVzZXIAcGFzcw==", i.e.
+                     \0user\0pass, is 235; anything else 535); conn.sasl records responses
+      strip_nul      the lenient reader (lenient_eod) also drops NUL bytes first, like
+                     receivers that strip them
+      extra_replies  {b"NOOP": b"250 extra\r\n"}: sent after the normal reply to that verb
+                     (an upstream that answers twice)
+      rcvbuf         SO_RCVBUF of every accepted connection (a slow reader)
+      reply_overrides {b"HELP": b"214 ...\r\n"}: the whole reply to that verb
     """
 
     def __init__(self, greeting=b"220 fake.test ESMTP fake\r\n",
                  caps=("PIPELINING", "8BITMIME"), rcpt_reject=(), data_end_reply=None,
                  die_after_body_bytes=None, die="close", die_at_data_end=False,
                  lenient_eod=False, data_gate=None, data_sink=False, ehlo_reply=None,
-                 host="127.0.0.1", reply_gates=None):
+                 host="127.0.0.1", reply_gates=None, proxy_header=False, xclient_reply=None,
+                 auth=False, strip_nul=False, extra_replies=None, rcvbuf=None,
+                 reply_overrides=None):
         self.greeting = greeting
         self.caps = list(caps)
         self.rcpt_reject = set(rcpt_reject)
@@ -1066,6 +1159,14 @@ class FakeUpstream:
         self.lenient_eod = lenient_eod
         self.ehlo_reply = ehlo_reply
         self.reply_gates = dict(reply_gates or {})
+        self.proxy_header = proxy_header
+        self.xclient_reply = xclient_reply
+        self.auth = auth
+        self.strip_nul = strip_nul
+        self.extra_replies = dict(extra_replies or {})
+        self.reply_overrides = dict(reply_overrides or {})
+        if auth:
+            self.caps.append("AUTH PLAIN")
         self.host = host
         self.connections = []
         self._lock = threading.Lock()
@@ -1074,6 +1175,9 @@ class FakeUpstream:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf is not None:
+            # Accepted sockets inherit it: a small window makes the proxy wait on us.
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.listener.bind((host, 0))
         self.port = self.listener.getsockname()[1]
 
@@ -1149,10 +1253,30 @@ class FakeUpstream:
             conn.raw += chunk
             return chunk
 
+    def _read_proxy_header(self, conn, state):
+        conn.header = None
+        conn.header_raw = b""
+        conn.after_header = b""
+        buf = b""
+        while True:
+            n, info = parse_proxy_header(buf)
+            if n is not None:
+                break
+            buf += self._recv(conn)
+        if n < 0:
+            conn.header_raw = buf
+            raise _Die()
+        conn.header, conn.header_raw, conn.after_header = info, buf[:n], buf[n:]
+        state["buf"] = buf[n:]
+
     def _serve(self, conn):
         conn.sock.settimeout(0.2)
         state = {"buf": b"", "mail_from": None, "rcpts": [], "bdat": bytearray(), "n": 0}
+        conn.xclients = []
+        conn.sasl = []
         try:
+            if self.proxy_header:
+                self._read_proxy_header(conn, state)
             if self.greeting is None:
                 while True:  # hold the connection, never greet
                     self._recv(conn)
@@ -1185,7 +1309,13 @@ class FakeUpstream:
         return data
 
     def _send(self, conn, data):
-        conn.sock.sendall(data)
+        # Blocking: a proxy applying back-pressure may take its time (stop() closes the
+        # socket, which ends a blocked send).
+        conn.sock.settimeout(None)
+        try:
+            conn.sock.sendall(data)
+        finally:
+            conn.sock.settimeout(0.2)
 
     def _die(self, conn):
         conn.died.set()
@@ -1197,13 +1327,42 @@ class FakeUpstream:
     def _command(self, conn, state, line):
         state["n"] += 1
         n = state["n"]
-        verb = line.split(b" ", 1)[0].upper()
+        # As lax as Postfix: any whitespace separates, leading whitespace is skipped.
+        words = line.split()
+        verb = words[0].upper() if words else b""
         gate = self.reply_gates.get(verb)
         if gate is not None:
             while not gate.wait(0.1):
                 if self._stop.is_set():
                     raise _PeerGone()
-        if verb == b"EHLO":
+        extra = self.extra_replies.get(verb)
+        if verb in self.reply_overrides:
+            self._send(conn, self.reply_overrides[verb])
+        else:
+            self._command_reply(conn, state, line, verb, n)
+        if extra is not None:
+            self._send(conn, extra)
+
+    def _command_reply(self, conn, state, line, verb, n):
+        if verb == b"XCLIENT" and self.xclient_reply is not None:
+            conn.xclients.append(line)
+            self._send(conn, self.xclient_reply)
+        elif verb == b"AUTH" and self.auth:
+            words = line.split()
+            if len(words) > 2:
+                response = words[2]
+            else:
+                self._send(conn, b"334 \r\n")
+                response = self._readline(conn, state)
+                conn.commands.append(response)
+            conn.sasl.append(response)
+            if response == b"*":
+                self._send(conn, b"501 5.7.0 Authentication aborted #%d\r\n" % n)
+            elif response == b"AHVzZXIAcGFzcw==":
+                self._send(conn, b"235 2.7.0 Authentication successful #%d\r\n" % n)
+            else:
+                self._send(conn, b"535 5.7.8 Authentication failed #%d\r\n" % n)
+        elif verb == b"EHLO":
             if self.ehlo_reply is not None:
                 self._send(conn, self.ehlo_reply)
                 return
@@ -1311,6 +1470,8 @@ class FakeUpstream:
 
     def _read_data_lenient(self, conn, state):
         while True:
+            if self.strip_nul:
+                state["buf"] = state["buf"].replace(b"\0", b"")
             m = self._LENIENT_END.search(state["buf"])
             if m:
                 body, state["buf"] = state["buf"][:m.start()], state["buf"][m.end():]

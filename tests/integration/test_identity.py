@@ -63,20 +63,10 @@ LB_DEST6 = "2001:db8:2::25"
 # PROXY protocol headers
 # --------------------------------------------------------------------------------------
 
-def v1_header(src, dst, sport, dport):
-    fam = "TCP6" if ":" in src else "TCP4"
-    return f"PROXY {fam} {src} {dst} {sport} {dport}\r\n".encode()
-
-
-def v2_header(src, dst, sport, dport, tlvs=b""):
-    if ":" in src:
-        fam = 0x21
-        addrs = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
-    else:
-        fam = 0x11
-        addrs = socket.inet_pton(socket.AF_INET, src) + socket.inet_pton(socket.AF_INET, dst)
-    body = addrs + struct.pack("!HH", sport, dport) + tlvs
-    return V2_SIG + bytes([0x21, fam]) + struct.pack("!H", len(body)) + body
+v1_header = harness.proxy_v1_header
+v2_header = harness.proxy_v2_header
+parse_proxy_header = harness.parse_proxy_header
+xclient_attrs = harness.xclient_attrs
 
 
 def v2_local():
@@ -84,143 +74,27 @@ def v2_local():
 
 
 def header(version, src, dst, sport, dport):
-    return (v1_header if version == "v1" else v2_header)(src, dst, sport, dport)
+    return harness.proxy_header(version, src, dst, sport, dport)
 
 
-def parse_proxy_header(buf):
-    """(length, info) for a complete PROXY header at the start of |buf|; (None, None) when
-    more bytes are needed; (-1, None) when it is not a valid header."""
-    n = min(len(buf), len(V2_SIG))
-    if buf[:n] == V2_SIG[:n]:
-        if len(buf) < 16:
-            return None, None
-        length = struct.unpack("!H", buf[14:16])[0]
-        if len(buf) < 16 + length:
-            return None, None
-        body = buf[16:16 + length]
-        info = {"version": 2, "command": buf[12] & 0x0F, "vbits": buf[12] >> 4,
-                "family": buf[13]}
-        if buf[13] == 0x11 and length >= 12:
-            info.update(src=socket.inet_ntop(socket.AF_INET, body[0:4]),
-                        dst=socket.inet_ntop(socket.AF_INET, body[4:8]),
-                        sport=struct.unpack("!H", body[8:10])[0],
-                        dport=struct.unpack("!H", body[10:12])[0], tlvs=body[12:])
-        elif buf[13] == 0x21 and length >= 36:
-            info.update(src=socket.inet_ntop(socket.AF_INET6, body[0:16]),
-                        dst=socket.inet_ntop(socket.AF_INET6, body[16:32]),
-                        sport=struct.unpack("!H", body[32:34])[0],
-                        dport=struct.unpack("!H", body[34:36])[0], tlvs=body[36:])
-        return 16 + length, info
-    n = min(len(buf), 6)
-    if buf[:n] == b"PROXY "[:n]:
-        end = buf.find(b"\r\n")
-        if end < 0:
-            return (None, None) if len(buf) < 107 else (-1, None)
-        parts = buf[:end].decode("latin-1").split(" ")
-        info = {"version": 1, "proto": parts[1] if len(parts) > 1 else None}
-        if len(parts) == 6:
-            info.update(src=parts[2], dst=parts[3], sport=int(parts[4]), dport=int(parts[5]))
-        return end + 2, info
-    return -1, None
-
-
-class HeaderFirstUpstream(harness.FakeUpstream):
-    """harness.FakeUpstream that first reads a PROXY v1/v2 header (as Postfix does with
-    smtpd_upstream_proxy_protocol = haproxy), then greets. Per connection: .header (the
-    parsed header, None if invalid), .header_raw, .after_header (bytes that came with the
-    header, before our greeting: must be empty)."""
-
-    def _serve(self, conn):
-        conn.sock.settimeout(0.2)
-        buf = b""
-        conn.header = None
-        conn.header_raw = b""
-        conn.after_header = b""
-        try:
-            while True:
-                n, info = parse_proxy_header(buf)
-                if n is not None:
-                    break
-                buf += self._recv(conn)
-        except (harness._PeerGone, OSError):
-            n = -1
-        if n < 0:
-            conn.header_raw = buf
-            try:
-                conn.sock.close()
-            except OSError:
-                pass
-            conn.closed.set()
-            return
-        conn.header, conn.header_raw, conn.after_header = info, buf[:n], buf[n:]
-        super()._serve(conn)
+def HeaderFirstUpstream(**options):
+    """A fake upstream that first reads a PROXY v1/v2 header (harness.FakeUpstream with
+    proxy_header=True)."""
+    return harness.FakeUpstream(proxy_header=True, **options)
 
 
 XCLIENT_CAPS = ("PIPELINING", "8BITMIME",
                 "XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT")
 
 
-class XclientUpstream(harness.FakeUpstream):
-    """harness.FakeUpstream that accepts XCLIENT (answering with a new 220 greeting, as
-    Postfix does); .xclient_reply overrides that answer."""
-
-    xclient_reply = b"220 fake.test ESMTP after XCLIENT\r\n"
-
-    def _command(self, conn, state, line):
-        if line.split(b" ", 1)[0].upper() == b"XCLIENT":
-            state["n"] += 1
-            self._send(conn, self.xclient_reply)
-            return
-        super()._command(conn, state, line)
-
-
-def xclient_attrs(line):
-    """{"ADDR": "...", ...} from b"XCLIENT ADDR=... PORT=..."."""
-    words = line.decode("latin-1").split()
-    assert words[0].upper() == "XCLIENT", line
-    out = {}
-    for w in words[1:]:
-        k, _, v = w.partition("=")
-        out[k.upper()] = v
-    return out
+def XclientUpstream(xclient_reply=b"220 fake.test ESMTP after XCLIENT\r\n", **options):
+    """A fake upstream that accepts XCLIENT with a new 220 greeting, as Postfix does."""
+    return harness.FakeUpstream(xclient_reply=xclient_reply, **options)
 
 
 # --------------------------------------------------------------------------------------
 # Fixtures and helpers
 # --------------------------------------------------------------------------------------
-
-@pytest.fixture
-def make_postfix():
-    """make_postfix(**LocalPostfix options) -> a started Postfix on 127.0.0.1, stopped at
-    teardown (request it before make_proxy, so the proxy stops first)."""
-    assert postfix_local.available() is None, postfix_local.available()
-    started = []
-
-    def make(**options):
-        pf = postfix_local.LocalPostfix(**options)
-        started.append(pf)
-        return pf.start()
-
-    yield make
-    for pf in started:
-        pf.stop()
-
-
-@pytest.fixture
-def make_upstream():
-    """make_upstream(cls, **options) -> a started FakeUpstream subclass instance."""
-    started = []
-
-    def make(cls, **options):
-        up = cls(**options)
-        up.start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
-
 
 def identity_proxy(make_proxy, upstream_addr, identity=None, proxy_protocol=None, extra=None,
                    listen=None):
@@ -489,16 +363,25 @@ def test_xclient_only_advertised_attributes(make_upstream, make_proxy, connect):
     assert proxy.running()
 
 
-def test_xclient_not_sent_when_not_advertised(make_upstream, make_proxy, connect):
+def test_xclient_not_advertised_fails_closed(make_upstream, make_proxy, connect):
+    """The upstream does not offer XCLIENT to the proxy: the client's identity cannot be
+    conveyed, so none of its commands may go up under the proxy's own identity (an upstream
+    that trusts the proxy's address would extend that trust to the client). The client gets
+    421 4.7.0 (temporary: it keeps the message) and the log says why."""
     up = make_upstream(XclientUpstream, caps=("PIPELINING", "8BITMIME"))
     proxy = identity_proxy(make_proxy, up.addr, identity="xclient")
     c = connect(proxy.port, source="127.0.0.2")
-    deliver_raw(c)
+    assert c.greeting().code == 220
+    r = c.cmd("EHLO legacy.test")
+    assert r.startswith("421 4.7.0"), r
+    c.wait_closed()
     conn = up.wait_closed(0)
     assert not any(x.upper().startswith(b"XCLIENT") for x in conn.commands), conn.commands
-    assert [x for x in conn.commands if x.upper().startswith(b"EHLO")] == [b"EHLO legacy.test"]
-    [msg] = conn.messages
-    assert msg.content == BODY
+    assert [x.split()[0].upper() for x in conn.commands] in ([b"EHLO"], [b"EHLO", b"QUIT"])
+    assert conn.messages == []
+    ev = proxy.wait_event("identity-refused")
+    assert ev["reason"] == "xclient-not-offered", ev["_line"]
+    assert proxy.wait_session_line()["end"] == "upstream-identity-refused"
     assert proxy.running()
 
 

@@ -213,12 +213,12 @@ static void test_render(void)
     metrics_inc(METRICS_CONNECTIONS);
     metrics_inc(METRICS_CONNECTIONS);
     metrics_inc(METRICS_CONNECTIONS_REFUSED);
-    metrics_inc(metrics_session_end("quit"));
-    metrics_inc(metrics_session_end("upstream-421"));
+    metrics_inc(metrics_session_end(REASON_END_QUIT));
+    metrics_inc(metrics_session_end(REASON_END_UPSTREAM_421));
     metrics_add(METRICS_BYTES_OUT, 1234);
     metrics_inc(METRICS_FRONT_STARTTLS_HIDDEN);
     metrics_inc(METRICS_BACK_TLS_USED);
-    metrics_inc(metrics_back_fallback_reason("tls-alert:handshake failure"));
+    metrics_inc(metrics_back_fallback(REASON_BACK_TLS_ALERT));
     metrics_gauge_set(METRICS_BACK_REMEMBERED_ENTRIES, 7);
     metrics_gauge_set(METRICS_FRONT_LEARNED_ENTRIES, 5);
     metrics_gauge_set(METRICS_FRONT_LEARNED_ENTRIES, 4);
@@ -229,8 +229,8 @@ static void test_render(void)
     int lines;
     int families;
     check_shape(text, len, &lines, &families);
-    CHECK_INT(families, 17);
-    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 17 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
+    CHECK_INT(families, 18);
+    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 18 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
 
     /* The start of the text, exactly. */
     const char *head =
@@ -326,88 +326,75 @@ static void test_render(void)
     metrics_reset();
 }
 
+/* Every end reason and every failure class maps to a series of its own family, and the
+ * series names what the reason's name says. */
 static void test_mappings(void)
 {
     static const struct {
-        const char *reason;
+        enum reason_end reason;
         enum metrics_counter want;
     } ends[] = {
-        {"quit", METRICS_SESSIONS_QUIT},
-        {"client-closed", METRICS_SESSIONS_CLIENT_CLOSED},
-        {"client-error", METRICS_SESSIONS_CLIENT_CLOSED},
-        {"client-write-error", METRICS_SESSIONS_CLIENT_CLOSED},
-        {"client-tls-error", METRICS_SESSIONS_CLIENT_CLOSED},
-        {"client-tls-failed", METRICS_SESSIONS_CLIENT_CLOSED},
-        {"client-lost-in-data", METRICS_SESSIONS_CLIENT_LOST_IN_DATA},
-        {"timeout", METRICS_SESSIONS_TIMEOUT},
-        {"upstream-unreachable", METRICS_SESSIONS_UPSTREAM_UNREACHABLE},
-        {"upstream-closed", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"upstream-error", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"upstream-write-error", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"upstream-tls-error", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"upstream-421", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"upstream-protocol-error", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"upstream-replay-failed", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"bad-ehlo-reply", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"reply-line-too-long", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"tls-alert:decode error", METRICS_SESSIONS_UPSTREAM_LOST},
-        {"upstream-timeout", METRICS_SESSIONS_UPSTREAM_TIMEOUT},
-        {"upstream-tls-failed", METRICS_SESSIONS_UPSTREAM_TLS_FAILED},
-        {"message-rejected", METRICS_SESSIONS_MESSAGE_REJECTED},
-        {"too-many-connections", METRICS_SESSIONS_TOO_MANY_CONNECTIONS},
-        {"shutdown", METRICS_SESSIONS_SHUTDOWN},
-        {"out-of-memory", METRICS_SESSIONS_OTHER},
-        {"internal-error", METRICS_SESSIONS_OTHER},
-        {"accept-failed", METRICS_SESSIONS_OTHER},
-        {"", METRICS_SESSIONS_OTHER},
-        {"quitx", METRICS_SESSIONS_OTHER},
-        {"QUIT", METRICS_SESSIONS_OTHER},
+        {REASON_END_QUIT, METRICS_SESSIONS_QUIT},
+        {REASON_END_CLIENT_CLOSED, METRICS_SESSIONS_CLIENT_CLOSED},
+        {REASON_END_CLIENT_ERROR, METRICS_SESSIONS_CLIENT_CLOSED},
+        {REASON_END_CLIENT_WRITE_ERROR, METRICS_SESSIONS_CLIENT_CLOSED},
+        {REASON_END_CLIENT_TLS_ERROR, METRICS_SESSIONS_CLIENT_CLOSED},
+        {REASON_END_CLIENT_TLS_FAILED, METRICS_SESSIONS_CLIENT_CLOSED},
+        {REASON_END_CLIENT_LOST_IN_DATA, METRICS_SESSIONS_CLIENT_LOST_IN_DATA},
+        {REASON_END_TIMEOUT, METRICS_SESSIONS_TIMEOUT},
+        {REASON_END_UPSTREAM_UNREACHABLE, METRICS_SESSIONS_UPSTREAM_UNREACHABLE},
+        {REASON_END_UPSTREAM_CLOSED, METRICS_SESSIONS_UPSTREAM_LOST},
+        {REASON_END_UPSTREAM_ERROR, METRICS_SESSIONS_UPSTREAM_LOST},
+        {REASON_END_UPSTREAM_WRITE_ERROR, METRICS_SESSIONS_UPSTREAM_LOST},
+        {REASON_END_UPSTREAM_TLS_ERROR, METRICS_SESSIONS_UPSTREAM_LOST},
+        {REASON_END_UPSTREAM_421, METRICS_SESSIONS_UPSTREAM_LOST},
+        {REASON_END_UPSTREAM_PROTOCOL_ERROR, METRICS_SESSIONS_UPSTREAM_LOST},
+        {REASON_END_UPSTREAM_REPLAY_FAILED, METRICS_SESSIONS_UPSTREAM_LOST},
+        {REASON_END_UPSTREAM_TIMEOUT, METRICS_SESSIONS_UPSTREAM_TIMEOUT},
+        {REASON_END_UPSTREAM_TLS_FAILED, METRICS_SESSIONS_UPSTREAM_TLS_FAILED},
+        {REASON_END_UPSTREAM_IDENTITY_REFUSED, METRICS_SESSIONS_UPSTREAM_IDENTITY_REFUSED},
+        {REASON_END_TOO_MANY_CONNECTIONS, METRICS_SESSIONS_TOO_MANY_CONNECTIONS},
+        {REASON_END_SHUTDOWN, METRICS_SESSIONS_SHUTDOWN},
+        {REASON_END_BAD_PROXY_HEADER, METRICS_SESSIONS_OTHER},
+        {REASON_END_LOOP_REFUSED, METRICS_SESSIONS_OTHER},
+        {REASON_END_OUT_OF_MEMORY, METRICS_SESSIONS_OTHER},
+        {REASON_END_INTERNAL_ERROR, METRICS_SESSIONS_OTHER},
+        {REASON_END_UNKNOWN, METRICS_SESSIONS_OTHER},
     };
+    CHECK_INT(sizeof(ends) / sizeof(ends[0]), REASON_END_COUNT);
     for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
         enum metrics_counter got = metrics_session_end(ends[i].reason);
         if (got != ends[i].want) {
-            fprintf(stderr, "end reason \"%s\"\n", ends[i].reason);
+            fprintf(stderr, "end reason \"%s\"\n", reason_end_name(ends[i].reason));
         }
         CHECK_INT(got, ends[i].want);
     }
-    CHECK_INT(metrics_session_end(NULL), METRICS_SESSIONS_OTHER);
+    CHECK_INT(metrics_session_end(REASON_END_COUNT), METRICS_SESSIONS_OTHER);
+    CHECK_STR(reason_end_name(REASON_END_COUNT), "unknown");
+    CHECK_STR(reason_end_name(REASON_END_UPSTREAM_421), "upstream-421");
 
-    static const struct {
-        const char *reason;
-        enum metrics_counter want;
-    } fallbacks[] = {
-        {"starttls-refused-454", METRICS_BACK_FALLBACK_STARTTLS_REFUSED},
-        {"starttls-refused-502", METRICS_BACK_FALLBACK_STARTTLS_REFUSED},
-        {"starttls-bad-reply", METRICS_BACK_FALLBACK_STARTTLS_BAD_REPLY},
-        {"tls-alert:handshake failure", METRICS_BACK_FALLBACK_TLS_ALERT},
-        {"tls-error:handshake failed", METRICS_BACK_FALLBACK_TLS_ERROR},
-        {"upstream-tls-error", METRICS_BACK_FALLBACK_TLS_ERROR},
-        {"eof-after-220", METRICS_BACK_FALLBACK_EOF},
-        {"eof-during-handshake", METRICS_BACK_FALLBACK_EOF},
-        {"eof-after-starttls", METRICS_BACK_FALLBACK_EOF},
-        {"upstream-closed", METRICS_BACK_FALLBACK_EOF},
-        {"handshake-timeout", METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT},
-        {"starttls-reply-timeout", METRICS_BACK_FALLBACK_HANDSHAKE_TIMEOUT},
-        {"post-tls-ehlo-403", METRICS_BACK_FALLBACK_POST_TLS_EHLO},
-        {"post-tls-ehlo-timeout", METRICS_BACK_FALLBACK_POST_TLS_EHLO},
-        {"post-tls-eof", METRICS_BACK_FALLBACK_POST_TLS_EOF},
-        {"certificate-host-mismatch", METRICS_BACK_FALLBACK_CERTIFICATE},
-        {"certificate-expired", METRICS_BACK_FALLBACK_CERTIFICATE},
-        {"validation-failure", METRICS_BACK_FALLBACK_CERTIFICATE},
-        {"upstream-error", METRICS_BACK_FALLBACK_OTHER},
-        {"upstream-protocol-error", METRICS_BACK_FALLBACK_OTHER},
-        {"starttls-not-supported", METRICS_BACK_FALLBACK_OTHER},
-        {"", METRICS_BACK_FALLBACK_OTHER},
-        {"tls", METRICS_BACK_FALLBACK_OTHER},
-    };
-    for (size_t i = 0; i < sizeof(fallbacks) / sizeof(fallbacks[0]); i++) {
-        enum metrics_counter got = metrics_back_fallback_reason(fallbacks[i].reason);
-        if (got != fallbacks[i].want) {
-            fprintf(stderr, "fallback reason \"%s\"\n", fallbacks[i].reason);
+    /* The failure classes' names are their series' labels. */
+    for (int i = 0; i < REASON_BACK_TLS_COUNT; i++) {
+        enum metrics_counter id = metrics_back_fallback((enum reason_back_tls)i);
+        CHECK(id >= METRICS_BACK_FALLBACK_STARTTLS_REFUSED && id < METRICS_BACK_FALLBACK_OTHER);
+        for (int j = 0; j < i; j++) {
+            CHECK(metrics_back_fallback((enum reason_back_tls)j) != id);
         }
-        CHECK_INT(got, fallbacks[i].want);
+        metrics_reset();
+        metrics_inc(id);
+        size_t len;
+        char *text = render_all(&len);
+        char want[96];
+        snprintf(want, sizeof(want), "back_tls_fallback_total{reason=\"%s\"} 1\n",
+                 reason_back_tls_name((enum reason_back_tls)i));
+        if (strstr(text, want) == NULL) {
+            fprintf(stderr, "missing %s", want);
+        }
+        CHECK(strstr(text, want) != NULL);
+        free(text);
     }
-    CHECK_INT(metrics_back_fallback_reason(NULL), METRICS_BACK_FALLBACK_OTHER);
+    CHECK_INT(metrics_back_fallback(REASON_BACK_TLS_COUNT), METRICS_BACK_FALLBACK_OTHER);
+    metrics_reset();
 }
 
 int main(void)
