@@ -6,7 +6,9 @@
  * Checked: line boundaries agree with the bytes, every pointer the parser returns lies
  * inside the line, paths are bracketed and within SMTP_PATH_MAX, BDAT sizes within
  * SMTP_BDAT_SIZE_MAX, NUL/CR/LF are always refused, the verb matches the line's first word,
- * and the answer does not change with letter case or on a second call.
+ * and the answer does not change with letter case or on a second call. EHLO/HELO names
+ * (smtp_helo_name()) are one word of the arguments, and every line survives a round trip
+ * through smtp_xtext().
  */
 #include "smtp.h"
 
@@ -74,6 +76,67 @@ static bool fuzz_inside(const char *p, size_t p_len, const char *start, size_t l
     return p >= start && p <= start + len && p_len <= (size_t)(start + len - p);
 }
 
+/* The EHLO/HELO name is the first word of the arguments. */
+static void fuzz_helo_name(const struct smtp_command *cmd)
+{
+    const char *name = NULL;
+    size_t name_len = SIZE_MAX;
+    smtp_helo_name(&name, &name_len, cmd);
+    FUZZ_ASSERT(name == cmd->args && name_len <= cmd->args_len);
+    for (size_t i = 0; i < name_len; i++) {
+        FUZZ_ASSERT(!fuzz_is_space(name[i]));
+    }
+    FUZZ_ASSERT(name_len == cmd->args_len || fuzz_is_space(name[name_len]));
+}
+
+static int fuzz_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/* RFC 3461 xtext: printable, no '=', "+XX" exactly for the bytes that need it, decodes back
+ * to the text; a smaller out_cap writes a prefix of the same encoding and nothing more. */
+static void fuzz_xtext(const char *text, size_t len)
+{
+    size_t n = smtp_xtext(NULL, 0, text, len);
+    FUZZ_ASSERT(n >= len && n <= 3 * len);
+    char *out = malloc(n == 0 ? 1 : n);
+    FUZZ_ASSERT(out != NULL);
+    FUZZ_ASSERT(smtp_xtext(out, n, text, len) == n);
+    size_t j = 0;
+    for (size_t i = 0; i < n; j++) {
+        unsigned char c = (unsigned char)out[i];
+        FUZZ_ASSERT(c >= 33 && c <= 126 && c != '=' && j < len);
+        unsigned char b = c;
+        if (c == '+') {
+            FUZZ_ASSERT(n - i >= 3);
+            int hi = fuzz_hex_digit(out[i + 1]);
+            int lo = fuzz_hex_digit(out[i + 2]);
+            FUZZ_ASSERT(hi >= 0 && lo >= 0);
+            b = (unsigned char)(hi << 4 | lo);
+            FUZZ_ASSERT(b < 33 || b > 126 || b == '+' || b == '=');
+            i += 3;
+        } else {
+            i++;
+        }
+        FUZZ_ASSERT((unsigned char)text[j] == b);
+    }
+    FUZZ_ASSERT(j == len);
+    size_t part_cap = n / 2;
+    char *part = malloc(part_cap == 0 ? 1 : part_cap);
+    FUZZ_ASSERT(part != NULL);
+    FUZZ_ASSERT(smtp_xtext(part, part_cap, text, len) == n);
+    FUZZ_ASSERT(part_cap == 0 || memcmp(part, out, part_cap) == 0);
+    free(part);
+    free(out);
+}
+
 /* The parts of a parsed command that do not depend on where the line lies in memory. */
 struct fuzz_parsed {
     enum smtp_result r;
@@ -120,6 +183,10 @@ static struct fuzz_parsed fuzz_parse(const char *line, size_t len)
     if (len > 0 && (memchr(line, '\0', len) != NULL || memchr(line, '\r', len) != NULL ||
                     memchr(line, '\n', len) != NULL)) {
         FUZZ_ASSERT(r == SMTP_BAD_SYNTAX);
+    }
+
+    if (r == SMTP_OK && (cmd.verb == SMTP_VERB_EHLO || cmd.verb == SMTP_VERB_HELO)) {
+        fuzz_helo_name(&cmd);
     }
 
     /* A known verb is the first word of the line, in any case. */
@@ -175,6 +242,9 @@ static void fuzz_command(const char *data, size_t len)
     struct fuzz_parsed swapped = fuzz_parse(line, len);
     FUZZ_ASSERT(fuzz_same(&first, &swapped));
     free(line);
+
+    /* What the client sent may go upstream as xtext (XCLIENT HELO=). */
+    fuzz_xtext(data, len);
 }
 
 /* Cuts |data| into lines with cap |max_len| and parses every complete one. */

@@ -7,7 +7,9 @@
  * at most out_cap bytes (an exact-length heap output, so ASan sees any write past it), the
  * documented capacity bound always suffices, one byte less than the result is TOO_LONG,
  * a successful edit is a well-formed 250 reply with CRLF endings and the expected
- * capabilities, editing it again changes nothing, and the three functions agree.
+ * capabilities, editing it again changes nothing, and the three functions agree. When the
+ * reply advertises XCLIENT, smtp_xclient_format() gets its parameters and a hostile HELO
+ * name: the line it writes is one printable line with only advertised attributes.
  */
 #include "smtp.h"
 
@@ -208,6 +210,123 @@ static void fuzz_ehlo_edit(const char *reply, size_t reply_len, bool add_starttl
     free(out);
 }
 
+static bool fuzz_is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r' || c == '\n';
+}
+
+/* Whether the XCLIENT parameters name |attr| (words split by whitespace, any case). */
+static bool fuzz_params_have(const char *params, size_t len, const char *attr)
+{
+    size_t attr_len = strlen(attr);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && fuzz_is_space(params[i])) {
+            i++;
+        }
+        size_t start = i;
+        while (i < len && !fuzz_is_space(params[i])) {
+            i++;
+        }
+        if (i - start == attr_len) {
+            bool same = true;
+            for (size_t k = 0; k < attr_len; k++) {
+                char c = params[start + k];
+                same = same && (c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c) == attr[k];
+            }
+            if (same) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+static int fuzz_hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/*
+ * The XCLIENT line for an upstream advertising |params| (hostile) and a client that gave
+ * |helo| (hostile): one line, printable, only advertised attributes, each once, HELO=
+ * only for a printable name of 1..255 bytes and then xtext that decodes to it.
+ */
+static void fuzz_xclient(const char *params, size_t params_len, const char *helo, size_t helo_len)
+{
+    static const char head[] = "XCLIENT ADDR=IPV6:2001:db8::25";
+    struct smtp_xclient x = {.addr = "2001:db8::25",
+                             .ipv6 = true,
+                             .port = 65535,
+                             .esmtp = true,
+                             .helo = helo,
+                             .helo_len = helo_len};
+    char *out = malloc(SMTP_XCLIENT_LINE_MAX);
+    FUZZ_ASSERT(out != NULL);
+    size_t out_len = SIZE_MAX;
+    enum smtp_result r =
+        smtp_xclient_format(out, &out_len, SMTP_XCLIENT_LINE_MAX, params, params_len, &x);
+    if (!fuzz_params_have(params, params_len, "ADDR")) {
+        FUZZ_ASSERT(r == SMTP_BAD_SYNTAX);
+        free(out);
+        return;
+    }
+    FUZZ_ASSERT(r == SMTP_OK);
+    FUZZ_ASSERT(out_len >= sizeof(head) - 1 + 2 && out_len <= SMTP_XCLIENT_LINE_MAX);
+    FUZZ_ASSERT(memcmp(out, head, sizeof(head) - 1) == 0);
+    FUZZ_ASSERT(memcmp(out + out_len - 2, "\r\n", 2) == 0);
+    size_t text_len = out_len - 2;
+    for (size_t i = 0; i < text_len; i++) {
+        FUZZ_ASSERT(out[i] >= 32 && out[i] <= 126);
+    }
+    bool helo_ok = helo_len >= 1 && helo_len <= 255;
+    for (size_t i = 0; i < helo_len; i++) {
+        helo_ok = helo_ok && helo[i] >= 33 && helo[i] <= 126;
+    }
+    static const char *const attrs[] = {"PORT=", "PROTO=", "HELO="};
+    for (size_t a = 0; a < sizeof(attrs) / sizeof(attrs[0]); a++) {
+        size_t name_len = strlen(attrs[a]);
+        const char *found = NULL;
+        for (size_t i = 0; i + name_len < text_len; i++) {
+            if (out[i] == ' ' && memcmp(out + i + 1, attrs[a], name_len) == 0) {
+                FUZZ_ASSERT(found == NULL);
+                found = out + i + 1 + name_len;
+            }
+        }
+        char name[8];
+        memcpy(name, attrs[a], name_len - 1);
+        name[name_len - 1] = '\0';
+        bool want = fuzz_params_have(params, params_len, name);
+        if (a == 2) {
+            want = want && helo_ok;
+        }
+        FUZZ_ASSERT((found != NULL) == want);
+        if (found == NULL || a != 2) {
+            continue;
+        }
+        /* HELO= is last and decodes to the name. */
+        size_t j = 0;
+        const char *end = out + text_len;
+        for (const char *p = found; p < end; j++) {
+            FUZZ_ASSERT(*p != ' ' && *p != '=' && j < helo_len);
+            char b = *p;
+            if (*p == '+') {
+                FUZZ_ASSERT(end - p >= 3);
+                int hi = fuzz_hex_digit(p[1]);
+                int lo = fuzz_hex_digit(p[2]);
+                FUZZ_ASSERT(hi >= 0 && lo >= 0);
+                b = (char)(hi << 4 | lo);
+                p += 3;
+            } else {
+                p++;
+            }
+            FUZZ_ASSERT(helo[j] == b);
+        }
+        FUZZ_ASSERT(j == helo_len);
+    }
+    free(out);
+}
+
 /* |data| as a complete EHLO reply. */
 static void fuzz_ehlo(const char *data, size_t len)
 {
@@ -218,6 +337,18 @@ static void fuzz_ehlo(const char *data, size_t len)
     if (r == SMTP_OK) {
         FUZZ_ASSERT((caps & ~FUZZ_ALL_CAPS) == 0);
         FUZZ_ASSERT(fuzz_caps_by_params(reply, len) == caps);
+        const char *params;
+        size_t params_len;
+        if (smtp_ehlo_params(&params, &params_len, reply, len, "XCLIENT")) {
+            /* The client's name: the reply's greeting text, or the whole reply. */
+            size_t first_len = (size_t)((const char *)memchr(reply, '\n', len) - reply);
+            size_t text_len = first_len > 4 ? first_len - 4 : 0;
+            if (text_len > 0 && reply[first_len - 1] == '\r') {
+                text_len--;
+            }
+            fuzz_xclient(params, params_len, reply + 4, text_len);
+            fuzz_xclient(params, params_len, reply, len < 300 ? len : 300);
+        }
     } else {
         fuzz_caps_by_params(reply, len); /* bounds only: any input may be searched */
     }
