@@ -284,6 +284,10 @@ enum leg_tls leg_tls_pull(struct leg *l, bool *out_moved)
             }
             if (r == TLSIO_FAILED) {
                 (void)leg_take_tls_out(l); /* an alert, if TLS made one */
+                if (tlsio_failure(&l->tls) == TLSIO_FAILURE_EOF) {
+                    l->eof = true;
+                    return LEG_TLS_TRUNCATED;
+                }
                 return LEG_TLS_FAILED;
             }
             if (n == 0) {

@@ -45,10 +45,11 @@ struct leg {
 
 /* What a TLS step came to. */
 enum leg_tls {
-    LEG_TLS_DONE = 0, /* the handshake is complete / plaintext was moved */
-    LEG_TLS_WANT,     /* more ciphertext from the peer is needed */
-    LEG_TLS_CLOSED,   /* the peer sent close_notify (leg_tls_pull) */
-    LEG_TLS_FAILED,   /* see tlsio_failure(&leg->tls) */
+    LEG_TLS_DONE = 0,  /* the handshake is complete / plaintext was moved */
+    LEG_TLS_WANT,      /* more ciphertext from the peer is needed */
+    LEG_TLS_CLOSED,    /* the peer sent close_notify (leg_tls_pull) */
+    LEG_TLS_TRUNCATED, /* the peer closed without close_notify (leg_tls_pull; eof is set) */
+    LEG_TLS_FAILED,    /* see tlsio_failure(&leg->tls) */
 };
 
 /* leg_init makes |l| idle: no socket, empty buffers, no TLS. leg_cleanup() is safe after. */
@@ -115,7 +116,8 @@ enum leg_tls leg_tls_handshake(struct leg *l);
  * leg_tls_pull moves received ciphertext through the established TLS into |in|, as much as
  * fits under LEG_READ_SIZE; the rest stays in tls_raw or inside TLS until |in| is used up
  * (call again then: no socket event will come for it). Sets *out_moved when plaintext was
- * added. LEG_TLS_DONE, LEG_TLS_CLOSED (close_notify; eof is set) or LEG_TLS_FAILED.
+ * added. LEG_TLS_DONE, LEG_TLS_CLOSED (close_notify; eof is set), LEG_TLS_TRUNCATED (a
+ * close without close_notify; eof is set) or LEG_TLS_FAILED.
  */
 enum leg_tls leg_tls_pull(struct leg *l, bool *out_moved);
 

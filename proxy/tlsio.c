@@ -687,7 +687,10 @@ enum tlsio_result tlsio_read(struct tlsio *t, size_t *out_len, void *data, size_
 enum tlsio_result tlsio_write(struct tlsio *t, size_t *out_len, const void *data, size_t len)
 {
     *out_len = 0;
-    if (t->failure != TLSIO_FAILURE_NONE) {
+    /* A peer that closed its side without close_notify (a TCP half-close after its last
+     * command) may still read what we owe it. */
+    if (t->failure != TLSIO_FAILURE_NONE &&
+        !(t->failure == TLSIO_FAILURE_EOF && !SSL_in_init(t->ssl))) {
         return TLSIO_FAILED;
     }
     assert(!SSL_in_init(t->ssl));
@@ -738,7 +741,8 @@ void tlsio_take_out(struct tlsio *t, size_t *out_len, void *data, size_t len)
 
 enum tlsio_result tlsio_shutdown(struct tlsio *t)
 {
-    if (t->failure != TLSIO_FAILURE_NONE) {
+    if (t->failure != TLSIO_FAILURE_NONE &&
+        !(t->failure == TLSIO_FAILURE_EOF && !SSL_in_init(t->ssl))) {
         return TLSIO_FAILED;
     }
     ERR_clear_error();

@@ -157,7 +157,8 @@ enum tlsio_result tlsio_read(struct tlsio *t, size_t *out_len, void *data, size_
  * |*out_len| to the bytes accepted. The rest must be offered again, unchanged and
  * starting at the same byte, once tlsio_take_out() made room. Returns TLSIO_OK
  * (something was accepted, or |len| is 0), TLSIO_WANT_WRITE (nothing was) or
- * TLSIO_FAILED. Only after a completed handshake.
+ * TLSIO_FAILED. Only after a completed handshake. Writing goes on after the peer closed
+ * its side without close_notify (TLSIO_FAILURE_EOF): it may still read.
  */
 enum tlsio_result tlsio_write(struct tlsio *t, size_t *out_len, const void *data, size_t len);
 
