@@ -173,7 +173,7 @@ static void session_on_handle_closed(uv_handle_t *handle)
 void session_on_back_closed(uv_handle_t *handle)
 {
     struct session *s = handle->data;
-    session_back_closed(s); /* may open the next connection (a fallback step), or give up */
+    session_connect_closed(s); /* may open the next connection (a fallback step), or give up */
     if (s->front.open) {
         session_run(s);
     }
@@ -205,12 +205,11 @@ bool session_mid_message(const struct session *s)
     if (session_front_in_content(s)) {
         return true;
     }
-    /* DATA or a BDAT chunk went up and the upstream may be reading content: closing now
-     * must not let it take what it has for a whole message. */
+    /* DATA went up and its 354 may be on its way: content pipelined behind it must not be
+     * completed upstream for a client that has left. (Complete BDAT chunks are not a
+     * message until BDAT LAST: their replies are still awaited.) */
     for (unsigned i = 0; i < s->n_pending; i++) {
-        enum session_pending_kind kind =
-            s->pending[(s->pending_head + i) % SESSION_PENDING_MAX].kind;
-        if (kind == SESSION_PENDING_DATA || kind == SESSION_PENDING_BDAT) {
+        if (s->pending[(s->pending_head + i) % SESSION_PENDING_MAX].kind == SESSION_PENDING_DATA) {
             return true;
         }
     }
@@ -383,25 +382,6 @@ static void session_on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *ou
 
 static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b);
 
-/* session_back_reads tells whether leg 2's state reads replies. */
-static bool session_back_reads(const struct session *s)
-{
-    switch (s->back_state) {
-    case SESSION_BACK_GREETING:
-    case SESSION_BACK_GREETED:
-    case SESSION_BACK_PROBE:
-    case SESSION_BACK_XCLIENT:
-    case SESSION_BACK_STARTTLS:
-    case SESSION_BACK_HANDSHAKE:
-    case SESSION_BACK_HELLO:
-    case SESSION_BACK_READY:
-    case SESSION_BACK_REPLAY:
-        return true;
-    default:
-        return false;
-    }
-}
-
 /*
  * session_update_reading is all of the back-pressure: a leg is read only while there is
  * room for its input and the other leg (and, for the client, its own replies) has less than
@@ -436,8 +416,8 @@ static void session_update_reading(struct session *s)
     }
     if (s->state == SESSION_OPENING || s->state == SESSION_RELAY ||
         s->state == SESSION_FRONT_HANDSHAKE) {
-        back_want =
-            session_back_reads(s) && leg_wants_read(&s->back) && front_unsent < LEG_HIGH_WATER;
+        back_want = session_back_wants_input(s) && leg_wants_read(&s->back) &&
+                    front_unsent < LEG_HIGH_WATER;
     }
     leg_set_reading(&s->front, front_want, session_on_alloc, session_on_front_read);
     leg_set_reading(&s->back, back_want, session_on_alloc, session_on_back_read);
@@ -694,7 +674,7 @@ void session_on_back_connect(uv_connect_t *req, int status)
     struct session *s = req->data;
     bool current = status != UV_ECANCELED && s->back_state == SESSION_BACK_CONNECTING;
     if (current) {
-        session_back_connected(s, status);
+        session_connect_done(s, status);
         session_run(s);
     }
     session_unref(s); /* the request */
@@ -708,7 +688,7 @@ void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res
     if (status == UV_ECANCELED || s->back_state != SESSION_BACK_RESOLVING) {
         uv_freeaddrinfo(res);
     } else {
-        session_back_resolved(s, status, res);
+        session_connect_resolved(s, status, res);
         session_run(s);
     }
     session_unref(s); /* the request */
@@ -811,7 +791,7 @@ void session_start_back(struct session *s)
 {
     session_front_decide_offer(s);
     session_enter(s, SESSION_OPENING);
-    session_back_start(s);
+    session_connect_start(s);
 }
 
 int session_accept(struct session_env *env, uv_stream_t *server)

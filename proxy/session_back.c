@@ -198,7 +198,7 @@ static void session_back_negotiation_failed(struct session *s, enum ladder_failu
 
 /* session_back_identity_failed: the client's identity cannot be conveyed on this
  * connection; not one of its commands may go up under the proxy's own identity. */
-static void session_back_identity_failed(struct session *s, const char *why, int code)
+void session_back_identity_failed(struct session *s, const char *why, int code)
 {
     log_warn(s->id, "identity-refused", "upstream=%s client=%s reason=%s code=%d", s->back_addr,
              s->front_addr, why, code);
@@ -253,211 +253,6 @@ static enum reason_back_tls session_back_tls_failure(struct session *s, char *ou
     default:
         snprintf(out, out_size, "tls-error:%s", text[0] != '\0' ? text : "handshake failed");
         return REASON_BACK_TLS_ERROR;
-    }
-}
-
-/* ---- opening connections ------------------------------------------------------------------- */
-
-/*
- * session_back_spoof_socket gives the upstream socket the client's own address
- * (upstream_identity = spoof, TPROXY): IP_TRANSPARENT lets us bind an address that is not
- * ours, and the routing described in the README brings the replies back to us.
- */
-static int session_back_spoof_socket(struct session *s, int family)
-{
-    if (s->front_sa.sa.sa_family != family) {
-        return UV_EAFNOSUPPORT;
-    }
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        return -errno;
-    }
-    int on = 1;
-    union addr from = s->front_sa;
-    if (family == AF_INET6) {
-        from.in6.sin6_port = 0;
-    } else {
-        from.in.sin_port = 0;
-    }
-    if (setsockopt(fd, family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IP,
-                   family == AF_INET6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &on, sizeof(on)) == -1 ||
-        bind(fd, &from.sa, addr_len(&from.sa)) == -1) {
-        int err = -errno;
-        close(fd);
-        return err;
-    }
-    int rc = uv_tcp_open(&s->back.tcp, fd);
-    if (rc != 0) {
-        close(fd);
-    }
-    return rc;
-}
-
-static void session_back_unreachable(struct session *s)
-{
-    session_finish(s, REASON_END_UPSTREAM_UNREACHABLE, "421 4.4.0",
-                   "Upstream unavailable, try again later");
-}
-
-/* session_back_connect_to opens a new upstream connection to |sa|. On failure the socket is
- * closed, and its close callback tries the next address. */
-static void session_back_connect_to(struct session *s, const struct sockaddr *sa)
-{
-    addr_set(&s->back_sa, sa);
-    addr_format(s->back_addr, sizeof(s->back_addr), sa);
-    leg_reset(&s->back);
-    int rc = uv_tcp_init(s->env->loop, &s->back.tcp);
-    if (rc != 0) {
-        session_abort(s, REASON_END_INTERNAL_ERROR);
-        return;
-    }
-    s->back.tcp.data = s;
-    s->back.open = true;
-    s->n_handles++;
-    s->connect_attempts++;
-    if (s->conf->upstream_identity == CONF_IDENTITY_SPOOF) {
-        rc = session_back_spoof_socket(s, sa->sa_family);
-        if (rc != 0) {
-            log_warn(s->id, "upstream-spoof-failed", "client=%s error=\"%s\"", s->front_addr,
-                     uv_strerror(rc));
-            session_close_back(s, false);
-            return;
-        }
-    }
-    s->connect_req.data = s;
-    rc = uv_tcp_connect(&s->connect_req, &s->back.tcp, sa, session_on_back_connect);
-    if (rc != 0) {
-        log_warn(s->id, "upstream-connect-failed", "upstream=%s error=\"%s\"", s->back_addr,
-                 uv_strerror(rc));
-        session_close_back(s, false);
-        return;
-    }
-    s->n_handles++; /* the request */
-}
-
-/* session_back_connect_next tries the next address of the upstream, or gives up. A new
- * connection of a session that already reached the upstream goes to that same address. */
-static void session_back_connect_next(struct session *s)
-{
-    const struct sockaddr *sa = NULL;
-    union addr same;
-    if (s->back_purpose != SESSION_BACK_FIRST) {
-        if (s->connect_attempts == 0) {
-            same = s->back_sa;
-            sa = &same.sa;
-        }
-    } else if (s->conf->mode == CONF_MODE_TRANSPARENT) {
-        if (s->connect_attempts == 0) {
-            sa = &s->target_sa.sa;
-        }
-    } else if (s->conf->upstream.numeric) {
-        if (s->connect_attempts == 0) {
-            sa = (const struct sockaddr *)&s->conf->upstream.sa;
-        }
-    } else if (s->next_addr != NULL) {
-        sa = s->next_addr->ai_addr;
-        s->next_addr = s->next_addr->ai_next;
-    }
-    if (sa == NULL) {
-        if (s->back_purpose == SESSION_BACK_FIRST) {
-            session_back_unreachable(s);
-        } else {
-            session_back_lost(s, REASON_END_UPSTREAM_UNREACHABLE, "new connection failed");
-        }
-        return;
-    }
-    session_back_connect_to(s, sa);
-}
-
-static void session_back_resolve(struct session *s)
-{
-    const struct conf_addr *up = &s->conf->upstream;
-    s->resolve_req = malloc(sizeof(*s->resolve_req));
-    if (s->resolve_req == NULL) {
-        session_abort(s, REASON_END_OUT_OF_MEMORY);
-        return;
-    }
-    s->resolve_req->data = s;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", (unsigned)up->port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    int rc =
-        uv_getaddrinfo(s->env->loop, s->resolve_req, session_on_resolved, up->host, port, &hints);
-    if (rc != 0) {
-        free(s->resolve_req);
-        s->resolve_req = NULL;
-        log_warn(s->id, "upstream-resolve-failed", "upstream=%s error=\"%s\"", up->host,
-                 uv_strerror(rc));
-        session_back_unreachable(s);
-        return;
-    }
-    s->n_handles++; /* the request */
-}
-
-void session_back_start(struct session *s)
-{
-    s->back_purpose = SESSION_BACK_FIRST;
-    if (s->conf->upstream.numeric || s->conf->mode == CONF_MODE_TRANSPARENT) {
-        session_back_enter(s, SESSION_BACK_CONNECTING);
-    } else {
-        session_back_enter(s, SESSION_BACK_RESOLVING);
-    }
-}
-
-void session_back_resolved(struct session *s, int status, struct addrinfo *res)
-{
-    if (status < 0 || res == NULL) {
-        log_warn(s->id, "upstream-resolve-failed", "upstream=%s error=\"%s\"",
-                 s->conf->upstream.host, uv_strerror(status));
-        uv_freeaddrinfo(res);
-        session_back_unreachable(s);
-        return;
-    }
-    s->addrs = res;
-    s->next_addr = res;
-    session_back_enter(s, SESSION_BACK_CONNECTING);
-}
-
-void session_back_connected(struct session *s, int status)
-{
-    if (status < 0) {
-        log_warn(s->id, "upstream-connect-failed", "upstream=%s error=\"%s\"", s->back_addr,
-                 uv_strerror(status));
-        session_close_back(s, false); /* its close callback tries the next address */
-        return;
-    }
-    uv_tcp_nodelay(&s->back.tcp, 1);
-    enum conf_identity identity = s->conf->upstream_identity;
-    if (identity == CONF_IDENTITY_PROXY_V1 || identity == CONF_IDENTITY_PROXY_V2) {
-        /* Before anything else on every connection (HAProxy's PROXY protocol). */
-        char header[PROXYPROTO_HEADER_MAX];
-        size_t len = 0;
-        const struct sockaddr *dst =
-            s->conf->mode == CONF_MODE_TRANSPARENT ? &s->target_sa.sa : &s->local_sa.sa;
-        if (proxyproto_format(header, &len, sizeof(header),
-                              identity == CONF_IDENTITY_PROXY_V1 ? PROXYPROTO_V1 : PROXYPROTO_V2,
-                              &s->front_sa.sa, dst) != 0) {
-            session_back_identity_failed(s, "proxy-header-unformattable", 0);
-            return;
-        }
-        session_send_back(s, header, len);
-    }
-    session_back_enter(s, SESSION_BACK_GREETING);
-}
-
-void session_back_closed(struct session *s)
-{
-    switch (s->back_state) {
-    case SESSION_BACK_CONNECTING:
-        session_back_connect_next(s); /* the failed attempt is closed */
-        return;
-    case SESSION_BACK_RECONNECTING:
-        /* The failed (or reset) connection is closed: a fresh socket and TLS state. */
-        s->connect_attempts = 0;
-        session_back_enter(s, SESSION_BACK_CONNECTING);
-        return;
-    default:
-        return;
     }
 }
 
@@ -571,7 +366,7 @@ static void session_back_greeting_reply(struct session *s, int code)
         if (code != 220 && code != 554) {
             log_warn(s->id, "upstream-bad-greeting", "upstream=%s code=%d", s->back_addr, code);
             buf_cleanup(&s->reply);
-            session_back_unreachable(s);
+            session_connect_unreachable(s);
             return;
         }
         session_back_enter(s, SESSION_BACK_GREETED);
@@ -793,10 +588,10 @@ void session_back_enter(struct session *s, enum session_back_state next)
     case SESSION_BACK_GONE:
         return;
     case SESSION_BACK_RESOLVING:
-        session_back_resolve(s);
+        session_connect_resolve(s);
         return;
     case SESSION_BACK_CONNECTING:
-        session_back_connect_next(s);
+        session_connect_next(s);
         return;
     case SESSION_BACK_GREETING:
         smtp_reply_parser_init(&s->reply_parser);
@@ -852,7 +647,7 @@ void session_back_lost(struct session *s, enum reason_end reason, const char *de
     log_warn(s->id, "upstream-lost", "upstream=%s state=%s reason=\"%s\"", s->back_addr,
              session_back_state_name(s->back_state), detail);
     if (s->back_state == SESSION_BACK_GREETING && s->back_purpose == SESSION_BACK_FIRST) {
-        session_back_unreachable(s);
+        session_connect_unreachable(s);
         return;
     }
     session_finish(s, reason, "421 4.4.2", "Upstream connection lost, closing connection");
@@ -931,7 +726,7 @@ void session_back_timeout(struct session *s)
     switch (s->back_state) {
     case SESSION_BACK_RESOLVING:
         log_warn(s->id, "upstream-timeout", "upstream=%s phase=resolve", s->conf->upstream.host);
-        session_back_unreachable(s);
+        session_connect_unreachable(s);
         return;
     case SESSION_BACK_CONNECTING:
         log_warn(s->id, "upstream-timeout", "upstream=%s phase=connect", s->back_addr);
@@ -989,6 +784,7 @@ static bool session_back_handshake(struct session *s)
     }
     case LEG_TLS_DONE:
     case LEG_TLS_CLOSED:
+    case LEG_TLS_TRUNCATED:
         break;
     }
     const char *verify_text = NULL;
@@ -1031,6 +827,11 @@ static bool session_back_reads_lines(enum session_back_state state)
     }
 }
 
+bool session_back_wants_input(const struct session *s)
+{
+    return session_back_reads_lines(s->back_state) || s->back_state == SESSION_BACK_HANDSHAKE;
+}
+
 /* session_back_awaits_new_reply: in these states the proxy has just sent a command and
  * waits for its one reply; bytes that were there before it are nobody's reply. */
 static bool session_back_awaits_new_reply(enum session_back_state state)
@@ -1052,23 +853,9 @@ static void session_back_line(struct session *s, const char *line, size_t len, i
             session_replay_reply(s, code);
         }
         return;
-    case SESSION_BACK_GREETED: {
-        /* Nothing was asked yet: only a 421 means something. */
-        char text[80];
-        log_warn(s->id, "upstream-unsolicited", "upstream=%s line=\"%s\"", s->back_addr,
-                 log_escape(text, sizeof(text), line, len, 60));
-        if (code == 421) {
-            session_send_front(s, line, len);
-            session_send_front(s, "\r\n", 2);
-            if (done) {
-                session_finish(s, REASON_END_UPSTREAM_421, NULL, NULL);
-            }
-            return;
-        }
-        session_finish(s, REASON_END_UPSTREAM_PROTOCOL_ERROR, "421 4.4.2",
-                       "Upstream protocol error, closing connection");
+    case SESSION_BACK_GREETED:
+        session_front_unsolicited(s, line, len, code, done); /* nothing was asked yet */
         return;
-    }
     default:
         break;
     }
@@ -1114,8 +901,9 @@ bool session_back_process(struct session *s)
         }
         if (b->tls_active && buf_len(&b->in) < LEG_READ_SIZE) {
             bool moved = false;
-            if (leg_tls_pull(b, &moved) == LEG_TLS_FAILED) {
-                session_back_tls_broken(s);
+            enum leg_tls r = leg_tls_pull(b, &moved);
+            if (r == LEG_TLS_FAILED || r == LEG_TLS_TRUNCATED) {
+                session_back_tls_broken(s); /* a close without close_notify is a break too */
                 return true;
             }
         }
@@ -1172,14 +960,4 @@ bool session_back_process(struct session *s)
         }
     }
     return progress;
-}
-
-void session_back_reopen(struct session *s)
-{
-    if (s->back_state != SESSION_BACK_READY) {
-        session_back_lost(s, REASON_END_UPSTREAM_ERROR, "cannot reopen");
-        return;
-    }
-    s->back_purpose = SESSION_BACK_REOPEN;
-    session_back_enter(s, SESSION_BACK_RECONNECTING);
 }

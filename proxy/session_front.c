@@ -554,7 +554,7 @@ static void session_front_reject_message(struct session *s, size_t offset)
              smtp_data_reject_name(&s->scanner), offset);
     metrics_inc(METRICS_MESSAGES_REJECTED);
     s->front_mode = SESSION_FRONT_DATA_REJECT;
-    session_back_reopen(s);
+    session_connect_reopen(s);
 }
 
 static size_t session_front_data(struct session *s, const char *data, size_t len)
@@ -658,6 +658,8 @@ bool session_front_process(struct session *s)
     bool progress = false;
     while (!session_front_blocked(s)) {
         if (s->front.tls_active && buf_len(&s->front.in) < LEG_READ_SIZE) {
+            /* A client that closes without close_notify after its last command has only
+             * closed: its commands are answered as after a FIN in cleartext. */
             bool moved = false;
             if (leg_tls_pull(&s->front, &moved) == LEG_TLS_FAILED) {
                 log_warn(s->id, "front-tls-error", "peer=%s reason=\"%s\"", s->front_addr,
@@ -802,6 +804,7 @@ bool session_front_handshake(struct session *s)
     }
     case LEG_TLS_DONE:
     case LEG_TLS_CLOSED:
+    case LEG_TLS_TRUNCATED:
         break;
     }
     s->front_starttls = SESSION_STARTTLS_USED;
@@ -925,24 +928,29 @@ static void session_front_reply_done(struct session *s, enum session_pending_kin
     }
 }
 
+void session_front_unsolicited(struct session *s, const char *line, size_t len, int code, bool done)
+{
+    /* Nobody asked: only a 421 (RFC 5321 section 3.8) means something; anything else
+     * would be taken for the reply to the client's next command. */
+    char text[80];
+    log_warn(s->id, "upstream-unsolicited", "upstream=%s line=\"%s\"", s->back_addr,
+             log_escape(text, sizeof(text), line, len, 60));
+    if (code == 421) {
+        session_send_front(s, line, len);
+        session_send_front(s, "\r\n", 2);
+        if (done) {
+            session_finish(s, REASON_END_UPSTREAM_421, NULL, NULL);
+        }
+        return;
+    }
+    session_finish(s, REASON_END_UPSTREAM_PROTOCOL_ERROR, "421 4.4.2",
+                   "Upstream protocol error, closing connection");
+}
+
 void session_front_reply_line(struct session *s, const char *line, size_t len, int code, bool done)
 {
     if (s->n_pending_back == 0) {
-        /* Nobody asked: only a 421 (RFC 5321 section 3.8) means something; anything else
-         * would be taken for the reply to the client's next command. */
-        char text[80];
-        log_warn(s->id, "upstream-unsolicited", "upstream=%s line=\"%s\"", s->back_addr,
-                 log_escape(text, sizeof(text), line, len, 60));
-        if (code == 421) {
-            session_send_front(s, line, len);
-            session_send_front(s, "\r\n", 2);
-            if (done) {
-                session_finish(s, REASON_END_UPSTREAM_421, NULL, NULL);
-            }
-            return;
-        }
-        session_finish(s, REASON_END_UPSTREAM_PROTOCOL_ERROR, "421 4.4.2",
-                       "Upstream protocol error, closing connection");
+        session_front_unsolicited(s, line, len, code, done);
         return;
     }
     enum session_pending_kind kind = session_front_head(s);

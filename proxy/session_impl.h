@@ -6,8 +6,10 @@
  *                     that runs after each of them, back-pressure, the one timer
  *   session_front.c   leg 1: the PROXY header, commands (a verb table), DATA and BDAT
  *                     content, client STARTTLS, and the pipeline of pending replies
- *   session_back.c    leg 2: resolve, connect, identity, the negotiation (STARTTLS, the
- *                     handshake, the fallback ladder) as one state machine
+ *   session_back.c    leg 2: the negotiation (identity, EHLO, STARTTLS, the handshake,
+ *                     the fallback ladder) as one state machine, and its replies
+ *   session_connect.c leg 2's connections: resolve, connect, PROXY header or spoofed
+ *                     source, and new connections for a fallback step, replay or reopen
  *   session_replay.c  the envelope record, and its replay on a new connection
  *
  * The session as a whole waits for one thing at a time (enum session_state); leg 2 has its
@@ -277,6 +279,8 @@ void session_front_tls_begin(struct session *s);
 bool session_front_handshake(struct session *s);
 void session_front_tls_failed(struct session *s, const char *reason);
 void session_front_greeting(struct session *s, const char *greeting, size_t len);
+void session_front_unsolicited(struct session *s, const char *line, size_t len, int code,
+                               bool done);
 void session_front_reply_line(struct session *s, const char *line, size_t len, int code, bool done);
 void session_front_answer_greeting(struct session *s, struct buf *reply, int code);
 void session_front_edit_ehlo(struct session *s, const char *reply, size_t len, bool to_client);
@@ -285,18 +289,25 @@ enum session_pending_kind session_front_head(const struct session *s);
 void session_front_send_ready_local_replies(struct session *s);
 
 /* session_back.c */
-void session_back_start(struct session *s);
 void session_back_enter(struct session *s, enum session_back_state next);
 bool session_back_process(struct session *s);
+bool session_back_wants_input(const struct session *s);
 void session_back_negotiate(struct session *s);
-void session_back_reopen(struct session *s);
 void session_back_eof(struct session *s);
 void session_back_timeout(struct session *s);
-void session_back_closed(struct session *s);
-void session_back_connected(struct session *s, int status);
-void session_back_resolved(struct session *s, int status, struct addrinfo *res);
 void session_back_lost(struct session *s, enum reason_end reason, const char *detail);
+void session_back_identity_failed(struct session *s, const char *why, int code);
 const char *session_back_state_name(enum session_back_state state);
+
+/* session_connect.c */
+void session_connect_start(struct session *s);
+void session_connect_resolve(struct session *s);
+void session_connect_resolved(struct session *s, int status, struct addrinfo *res);
+void session_connect_next(struct session *s);
+void session_connect_done(struct session *s, int status);
+void session_connect_closed(struct session *s);
+void session_connect_reopen(struct session *s);
+void session_connect_unreachable(struct session *s);
 
 /* session_replay.c */
 void session_replay_note(struct session *s, enum smtp_verb verb, const char *line, size_t len);
