@@ -202,6 +202,29 @@ static void main_log_listening(const struct conf *conf, unsigned n_workers)
     }
 }
 
+/* main_log_restart_needed names the settings a reload cannot change (they take effect at
+ * restart); the rest of the new configuration applies at once. */
+static void main_log_restart_needed(const struct conf *conf, const struct conf *old)
+{
+    char restart[96] = "";
+    if (conf->workers != old->workers) {
+        strcat(restart, " workers");
+    }
+    if ((conf->user == NULL) != (old->user == NULL) ||
+        (conf->user != NULL && strcmp(conf->user, old->user) != 0)) {
+        strcat(restart, " user");
+    }
+    if (conf->metrics_enabled != old->metrics_enabled ||
+        (conf->metrics_enabled &&
+         !listener_same_addr(&conf->metrics_listen, &old->metrics_listen))) {
+        strcat(restart, " [metrics]listen");
+    }
+    if (restart[0] != '\0') {
+        log_warn(0, "reload-restart-needed", "keys=\"%s\" note=\"these take effect at restart\"",
+                 restart + 1);
+    }
+}
+
 /*
  * main_reload re-reads the configuration file (SIGHUP). A valid one applies to new
  * sessions: listeners added and removed, upstream, TLS settings and certificates,
@@ -239,24 +262,7 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
         }
         return;
     }
-    /* Settings that only a restart can change: say which, the rest applies now. */
-    char restart[96] = "";
-    if (conf->workers != old->workers) {
-        strcat(restart, " workers");
-    }
-    if ((conf->user == NULL) != (old->user == NULL) ||
-        (conf->user != NULL && strcmp(conf->user, old->user) != 0)) {
-        strcat(restart, " user");
-    }
-    if (conf->metrics_enabled != old->metrics_enabled ||
-        (conf->metrics_enabled &&
-         !listener_same_addr(&conf->metrics_listen, &old->metrics_listen))) {
-        strcat(restart, " [metrics]listen");
-    }
-    if (restart[0] != '\0') {
-        log_warn(0, "reload-restart-needed", "keys=\"%s\" note=\"these take effect at restart\"",
-                 restart + 1);
-    }
+    main_log_restart_needed(conf, old);
     bool self_signed;
     struct runtime *fresh = main_runtime(err, sizeof(err), &self_signed, conf);
     if (fresh == NULL) {
@@ -349,26 +355,32 @@ static void main_on_signal(uv_signal_t *handle, int signum)
     main_check_finished(m);
 }
 
-int main(int argc, char **argv)
+/* The command line. */
+struct main_options {
+    const char *path;
+    bool test_only;
+    bool health;
+};
+
+/* main_parse_args reads the command line. Returns -1 to go on, else the exit status. */
+static int main_parse_args(struct main_options *out, int argc, char **argv)
 {
-    const char *path = CONF_DEFAULT_PATH;
-    bool test_only = false;
-    bool health = false;
     static const struct option long_options[] = {
         {"health", no_argument, NULL, 'H'},
         {NULL, 0, NULL, 0},
     };
+    *out = (struct main_options){.path = CONF_DEFAULT_PATH};
     int opt;
     while ((opt = getopt_long(argc, argv, "c:tVh", long_options, NULL)) != -1) {
         switch (opt) {
         case 'H':
-            health = true;
+            out->health = true;
             break;
         case 'c':
-            path = optarg;
+            out->path = optarg;
             break;
         case 't':
-            test_only = true;
+            out->test_only = true;
             break;
         case 'V':
             main_version();
@@ -385,121 +397,117 @@ int main(int argc, char **argv)
         main_usage(stderr);
         return 2;
     }
+    return -1;
+}
 
-    struct conf *conf = main_load_conf(path);
-    if (health) {
-        char msg[HEALTH_MSG_MAX];
-        int rc = -1;
-        if (conf != NULL) {
-            rc = health_probe(conf, msg, sizeof(msg));
-        } else {
-            snprintf(msg, sizeof(msg), "configuration error (see above)");
-        }
-        printf("%s: %s\n", rc == 0 ? "healthy" : "unhealthy", msg);
-        conf_free(conf);
-        return rc == 0 ? 0 : 1;
-    }
-    /* -t also loads the certificates: a key that does not match is a config error. */
-    char err[TLSIO_ERR_MAX + 256];
-    bool self_signed = false;
-    struct runtime *runtime = NULL;
+/* main_health runs --health with |conf| (taken over; NULL after a config error). */
+static int main_health(struct conf *conf)
+{
+    char msg[HEALTH_MSG_MAX];
+    int rc = -1;
     if (conf != NULL) {
-        runtime = main_runtime(err, sizeof(err), &self_signed, conf);
-        if (runtime == NULL) {
-            log_fatal("%s", err);
-        }
+        rc = health_probe(conf, msg, sizeof(msg));
     } else {
-        conf_free(conf);
+        snprintf(msg, sizeof(msg), "configuration error (see above)");
     }
-    if (runtime == NULL) {
-        if (test_only) {
-            fprintf(stderr, "smtp-tls-proxy: configuration file %s test failed\n", path);
-        }
-        return 1;
-    }
-    conf = runtime->conf;
-    if (test_only) {
-        printf("smtp-tls-proxy: configuration file %s test is successful\n", path);
-        runtime_unref(runtime);
-        return 0;
-    }
-    log_setup(conf->log_level, conf->log_format);
-    main_log_self_signed(conf, self_signed);
-    /* Both memories exist from the start, so a reload that turns learning on needs no
-     * locking around them; they allocate as entries come. */
-    struct worker_shared shared = {
-        .front_learned = learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms),
-        .back_memory =
-            learn_new(conf->back_tls.remember_max_entries, conf->back_tls.remember_failures_ms),
-    };
-    if (shared.front_learned == NULL || shared.back_memory == NULL) {
-        log_fatal("out of memory");
-        return 1;
-    }
+    printf("%s: %s\n", rc == 0 ? "healthy" : "unhealthy", msg);
+    conf_free(conf);
+    return rc == 0 ? 0 : 1;
+}
 
-    unsigned n_workers = conf->workers != 0 ? conf->workers : uv_available_parallelism();
-    if (n_workers == 0) {
-        n_workers = 1;
-    }
-    if (n_workers > MAIN_WORKERS_MAX) {
-        n_workers = MAIN_WORKERS_MAX;
-    }
-
-    /* Every socket is bound before privileges are dropped and before any thread runs. */
-    static int fds[MAIN_WORKERS_MAX][CONF_LISTEN_MAX];
+/* main_bind_all binds every listen address for each worker, and the metrics address.
+ * Returns 0, or -1 after logging. */
+static int main_bind_all(int (*fds)[CONF_LISTEN_MAX], int *out_metrics_fd, const struct conf *conf,
+                         unsigned n_workers)
+{
+    char err[256 + 2 * CONF_HOST_MAX];
     if (main_bind_listeners(fds, err, sizeof(err), n_workers, conf, NULL) != 0) {
         log_fatal("%s", err);
-        return 1;
+        return -1;
     }
-    int metrics_fd = -1;
+    *out_metrics_fd = -1;
     if (conf->metrics_enabled) {
-        metrics_fd = listener_bind(&conf->metrics_listen, false);
-        if (metrics_fd < 0) {
+        *out_metrics_fd = listener_bind(&conf->metrics_listen, false);
+        if (*out_metrics_fd < 0) {
             log_fatal("%s: listen: cannot listen on %s:%u for metrics: %s", conf->path,
                       conf->metrics_listen.host, (unsigned)conf->metrics_listen.port,
-                      strerror(-metrics_fd));
-            return 1;
+                      strerror(-*out_metrics_fd));
+            return -1;
         }
     }
-    if (main_drop_privileges(conf) != 0) {
-        return 1;
-    }
+    return 0;
+}
 
-    /* Signals are taken by this thread alone: workers start with them blocked. */
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+/* main_block_signals blocks SIGTERM, SIGINT and SIGHUP (threads started afterwards inherit
+ * that: only the main loop takes them) and ignores SIGPIPE. */
+static void main_block_signals(sigset_t *out)
+{
+    sigemptyset(out);
+    sigaddset(out, SIGTERM);
+    sigaddset(out, SIGINT);
+    sigaddset(out, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, out, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
 
-    static struct main_state m;
-    static struct worker workers[MAIN_WORKERS_MAX];
-    m.workers = workers;
-    m.n_workers = n_workers;
-    m.shared = &shared;
-    m.runtime = runtime;
-    m.path = path;
-    if (uv_loop_init(&m.loop) != 0 || uv_async_init(&m.loop, &m.finished, main_on_finished) != 0) {
-        log_fatal("cannot start the main loop");
-        return 1;
+/* main_worker_count resolves workers = auto and caps it. */
+static unsigned main_worker_count(const struct conf *conf)
+{
+    unsigned n = conf->workers != 0 ? conf->workers : uv_available_parallelism();
+    if (n == 0) {
+        n = 1;
     }
-    m.finished.data = &m;
-    for (unsigned w = 0; w < n_workers; w++) {
-        int rc = worker_init(&workers[w], w, runtime_ref(runtime), &shared, fds[w], &m.finished);
-        if (rc == 0 && w == 0 && metrics_fd >= 0 &&
-            worker_serve_metrics(&workers[w], metrics_fd) != 0) {
+    return n > MAIN_WORKERS_MAX ? MAIN_WORKERS_MAX : n;
+}
+
+/* main_start_workers starts |m->n_workers| workers on the bound sockets |fds| (the first one
+ * also serves metrics on |metrics_fd|, if >= 0). Returns 0, or -1 after logging. */
+static int main_start_workers(struct main_state *m, int (*fds)[CONF_LISTEN_MAX], int metrics_fd)
+{
+    if (uv_loop_init(&m->loop) != 0 ||
+        uv_async_init(&m->loop, &m->finished, main_on_finished) != 0) {
+        log_fatal("cannot start the main loop");
+        return -1;
+    }
+    m->finished.data = m;
+    for (unsigned w = 0; w < m->n_workers; w++) {
+        struct worker *worker = &m->workers[w];
+        int rc = worker_init(worker, w, runtime_ref(m->runtime), m->shared, fds[w], &m->finished);
+        if (rc == 0 && w == 0 && metrics_fd >= 0 && worker_serve_metrics(worker, metrics_fd) != 0) {
             rc = UV_EINVAL;
         }
         if (rc == 0) {
-            rc = worker_start(&workers[w]);
+            rc = worker_start(worker);
         }
         if (rc != 0) {
             log_fatal("cannot start worker %u: %s", w, uv_strerror(rc));
-            return 1;
+            return -1;
         }
     }
+    return 0;
+}
+
+/* main_serve runs the main thread's loop (signals, workers ending) until every worker has
+ * drained, then joins them. */
+static void main_serve(struct main_state *m, const sigset_t *signals)
+{
+    uv_signal_t *handles[] = {&m->sig_term, &m->sig_int, &m->sig_hup};
+    int numbers[] = {SIGTERM, SIGINT, SIGHUP};
+    for (size_t i = 0; i < 3; i++) {
+        uv_signal_init(&m->loop, handles[i]);
+        handles[i]->data = m;
+        uv_signal_start(handles[i], main_on_signal, numbers[i]);
+    }
+    pthread_sigmask(SIG_UNBLOCK, signals, NULL);
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+    (void)uv_loop_close(&m->loop);
+    for (unsigned w = 0; w < m->n_workers; w++) {
+        worker_join(&m->workers[w]);
+    }
+}
+
+static void main_log_started(const struct conf *conf, unsigned n_workers)
+{
     main_log_listening(conf, n_workers);
     if (conf->mode == CONF_MODE_TRANSPARENT) {
         log_info(0, "started",
@@ -509,23 +517,78 @@ int main(int argc, char **argv)
         log_info(0, "started", "version=%s upstream=%s:%u hostname=%s", PROXY_VERSION,
                  conf->upstream.host, (unsigned)conf->upstream.port, conf->hostname);
     }
+}
 
-    uv_signal_t *handles[] = {&m.sig_term, &m.sig_int, &m.sig_hup};
-    int numbers[] = {SIGTERM, SIGINT, SIGHUP};
-    for (size_t i = 0; i < 3; i++) {
-        uv_signal_init(&m.loop, handles[i]);
-        handles[i]->data = &m;
-        uv_signal_start(handles[i], main_on_signal, numbers[i]);
+int main(int argc, char **argv)
+{
+    struct main_options options;
+    int exit_status = main_parse_args(&options, argc, argv);
+    if (exit_status >= 0) {
+        return exit_status;
     }
-    pthread_sigmask(SIG_UNBLOCK, &signals, NULL);
-    uv_run(&m.loop, UV_RUN_DEFAULT);
-    (void)uv_loop_close(&m.loop);
-    runtime = m.runtime;
-    for (unsigned w = 0; w < n_workers; w++) {
-        worker_join(&workers[w]);
+    struct conf *conf = main_load_conf(options.path);
+    if (options.health) {
+        return main_health(conf);
     }
+    /* -t also loads the certificates: a key that does not match is a config error. */
+    char err[TLSIO_ERR_MAX + 256];
+    bool self_signed = false;
+    struct runtime *runtime =
+        conf != NULL ? main_runtime(err, sizeof(err), &self_signed, conf) : NULL;
+    if (runtime == NULL) {
+        if (conf != NULL) {
+            log_fatal("%s", err);
+        }
+        if (options.test_only) {
+            fprintf(stderr, "smtp-tls-proxy: configuration file %s test failed\n", options.path);
+        }
+        return 1;
+    }
+    conf = runtime->conf;
+    if (options.test_only) {
+        printf("smtp-tls-proxy: configuration file %s test is successful\n", options.path);
+        runtime_unref(runtime);
+        return 0;
+    }
+    log_setup(conf->log_level, conf->log_format);
+    main_log_self_signed(conf, self_signed);
+    /* Both memories exist from the start, so a reload that turns learning on needs no
+     * locking around them; they allocate as entries come. */
+    static struct worker_shared shared;
+    shared.front_learned =
+        learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms);
+    shared.back_memory =
+        learn_new(conf->back_tls.remember_max_entries, conf->back_tls.remember_failures_ms);
+    if (shared.front_learned == NULL || shared.back_memory == NULL) {
+        log_fatal("out of memory");
+        return 1;
+    }
+    unsigned n_workers = main_worker_count(conf);
+
+    /* Every socket is bound before privileges are dropped and before any thread runs. */
+    static int fds[MAIN_WORKERS_MAX][CONF_LISTEN_MAX];
+    int metrics_fd = -1;
+    if (main_bind_all(fds, &metrics_fd, conf, n_workers) != 0 || main_drop_privileges(conf) != 0) {
+        return 1;
+    }
+    /* Signals are taken by the main thread alone: workers start with them blocked. */
+    sigset_t signals;
+    main_block_signals(&signals);
+
+    static struct main_state m;
+    static struct worker workers[MAIN_WORKERS_MAX];
+    m.workers = workers;
+    m.n_workers = n_workers;
+    m.shared = &shared;
+    m.runtime = runtime;
+    m.path = options.path;
+    if (main_start_workers(&m, fds, metrics_fd) != 0) {
+        return 1;
+    }
+    main_log_started(conf, n_workers);
+    main_serve(&m, &signals);
     log_info(0, "stopped", "sessions_left=%u", (unsigned)shared.connections);
-    runtime_unref(runtime);
+    runtime_unref(m.runtime);
     learn_free(shared.front_learned);
     learn_free(shared.back_memory);
     return 0;
