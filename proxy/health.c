@@ -210,54 +210,55 @@ static bool health_unreachable_here(int err)
     return err == EADDRNOTAVAIL || err == ENETUNREACH || err == EAFNOSUPPORT || err == EHOSTUNREACH;
 }
 
-int health_probe(const struct conf *conf, char *out_msg, size_t out_msg_len)
+/* health_connect_any connects to the first listen address that answers (*out_where names
+ * it, or the first one tried). Returns 0, or -1 with |out_msg| saying why. */
+static int health_connect_any(struct health_probe_state *p, char *out_where, size_t where_len,
+                              const struct conf *conf, char *out_msg, size_t out_msg_len)
 {
-    if (out_msg_len > 0) {
-        out_msg[0] = '\0';
-    }
-    if (conf->n_listen == 0) {
-        snprintf(out_msg, out_msg_len, "no listen address configured");
-        return -1;
-    }
-    struct health_probe_state p = {.fd = -1, .deadline_ms = health_now_ms() + HEALTH_TIMEOUT_MS};
-    char where[INET6_ADDRSTRLEN + 16];
     int rc = 0;
     for (size_t i = 0; i < conf->n_listen; i++) {
         struct sockaddr_storage sa;
         socklen_t sa_len;
         health_target(&sa, &sa_len, &conf->listen[i]);
-        char here[sizeof(where)];
+        char here[INET6_ADDRSTRLEN + 16];
         addr_format(here, sizeof(here), (const struct sockaddr *)&sa);
-        int try_rc = health_connect(&p, &sa, sa_len);
+        int try_rc = health_connect(p, &sa, sa_len);
         bool unreachable = try_rc != 0 && health_unreachable_here(-try_rc);
         /* Report the first address, unless a later one got further than "unreachable". */
         if (i == 0 || !unreachable) {
             rc = try_rc;
-            memcpy(where, here, sizeof(where));
+            snprintf(out_where, where_len, "%s", here);
         }
         if (!unreachable) {
             break;
         }
-        if (p.fd != -1) {
-            close(p.fd);
-            p.fd = -1;
+        if (p->fd != -1) {
+            close(p->fd);
+            p->fd = -1;
         }
     }
-    if (rc != 0) {
-        if (rc == -ETIMEDOUT) {
-            snprintf(out_msg, out_msg_len, "%s: connect: no answer within %d ms", where,
-                     HEALTH_TIMEOUT_MS);
-        } else {
-            snprintf(out_msg, out_msg_len, "%s: connect: %s", where, strerror(-rc));
-        }
-        if (p.fd != -1) {
-            close(p.fd);
-        }
-        return -1;
+    if (rc == 0) {
+        return 0;
     }
+    if (rc == -ETIMEDOUT) {
+        snprintf(out_msg, out_msg_len, "%s: connect: no answer within %d ms", out_where,
+                 HEALTH_TIMEOUT_MS);
+    } else {
+        snprintf(out_msg, out_msg_len, "%s: connect: %s", out_where, strerror(-rc));
+    }
+    if (p->fd != -1) {
+        close(p->fd);
+        p->fd = -1;
+    }
+    return -1;
+}
 
-    /* Behind a load balancer the listener wants a PROXY header first: send the one for
-     * a health check (v2 LOCAL, or v1 UNKNOWN), which keeps the real peer address. */
+/* health_send_proxy_header: behind a load balancer the listener wants a PROXY header
+ * first; send the one for a health check (v2 LOCAL, or v1 UNKNOWN), which keeps the real
+ * peer address. Returns 0, or -1 with |out_msg| saying why. */
+static int health_send_proxy_header(struct health_probe_state *p, const struct conf *conf,
+                                    const char *where, char *out_msg, size_t out_msg_len)
+{
     static const char v2_local[16] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51,
                                       0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00};
     static const char v1_unknown[] = "PROXY UNKNOWN\r\n";
@@ -270,22 +271,26 @@ int health_probe(const struct conf *conf, char *out_msg, size_t out_msg_len)
         header = v2_local;
         header_len = sizeof(v2_local);
     }
-    if (header != NULL && send(p.fd, header, header_len, MSG_NOSIGNAL) != (ssize_t)header_len) {
+    if (header != NULL && send(p->fd, header, header_len, MSG_NOSIGNAL) != (ssize_t)header_len) {
         snprintf(out_msg, out_msg_len, "%s: sending the PROXY header: %s", where, strerror(errno));
-        close(p.fd);
         return -1;
     }
+    return 0;
+}
 
+/* health_check_greeting reads the greeting and says what it was. Returns 0 for a
+ * well-formed reply (then QUIT is sent), else -1. */
+static int health_check_greeting(struct health_probe_state *p, const char *where, char *out_msg,
+                                 size_t out_msg_len)
+{
     int code = 0;
     int err = 0;
     char line[HEALTH_QUOTE_MAX + 8] = "";
-    int result = -1;
-    switch (health_read_reply(&p, &code, &err, line, sizeof(line))) {
+    switch (health_read_reply(p, &code, &err, line, sizeof(line))) {
     case HEALTH_READ_OK:
         snprintf(out_msg, out_msg_len, "%s: %s", where, line);
-        result = 0;
-        health_quit(&p);
-        break;
+        health_quit(p);
+        return 0;
     case HEALTH_READ_TIMEOUT:
         /* The proxy relays the upstream's greeting, so a hung upstream looks like this. */
         snprintf(out_msg, out_msg_len,
@@ -301,6 +306,27 @@ int health_probe(const struct conf *conf, char *out_msg, size_t out_msg_len)
     case HEALTH_READ_MALFORMED:
         snprintf(out_msg, out_msg_len, "%s: not an SMTP reply: \"%s\"", where, line);
         break;
+    }
+    return -1;
+}
+
+int health_probe(const struct conf *conf, char *out_msg, size_t out_msg_len)
+{
+    if (out_msg_len > 0) {
+        out_msg[0] = '\0';
+    }
+    if (conf->n_listen == 0) {
+        snprintf(out_msg, out_msg_len, "no listen address configured");
+        return -1;
+    }
+    struct health_probe_state p = {.fd = -1, .deadline_ms = health_now_ms() + HEALTH_TIMEOUT_MS};
+    char where[INET6_ADDRSTRLEN + 16] = "";
+    if (health_connect_any(&p, where, sizeof(where), conf, out_msg, out_msg_len) != 0) {
+        return -1;
+    }
+    int result = health_send_proxy_header(&p, conf, where, out_msg, out_msg_len);
+    if (result == 0) {
+        result = health_check_greeting(&p, where, out_msg, out_msg_len);
     }
     close(p.fd);
     return result;
