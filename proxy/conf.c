@@ -120,6 +120,11 @@ static const struct conf_name conf_auto_names[] = {
     {NULL, 0, false},
 };
 
+static const struct conf_name conf_off_names[] = {
+    {"off", 0, false},
+    {NULL, 0, false},
+};
+
 static const struct conf_name conf_proxy_protocol_names[] = {
     {"off", CONF_PROXY_PROTOCOL_OFF, false},
     {"v1", CONF_PROXY_PROTOCOL_V1, false},
@@ -230,6 +235,7 @@ static const struct conf_section conf_sections[] = {
     /* inih splits "key = value" at the first ':', so patterns cannot be keys (IPv6). */
     {"upstream_policy", "; write the policy first, as in \"may = *.example.com\""},
     {"timeouts", ""},
+    {"limits", ""},
     {"log", ""},
     {"metrics", ""},
 };
@@ -323,6 +329,24 @@ static const struct conf_key conf_keys[] = {
     {"timeouts", "command", "5m", CONF_FIELD(timeouts.command_ms), CONF_TIMEOUT},
     {"timeouts", "data_block", "3m", CONF_FIELD(timeouts.data_block_ms), CONF_TIMEOUT},
     {"timeouts", "data_end", "10m", CONF_FIELD(timeouts.data_end_ms), CONF_TIMEOUT},
+
+    /* Per client address, like Postfix's anvil; the rates are off by default, as there. */
+    {"limits", "client_sessions", "50", CONF_FIELD(limits.sessions),
+     CONF_NUMBER(CONF_UNIT_COUNT, 1, 1000000), .names = conf_off_names},
+    {"limits", "client_session_rate", "off", CONF_FIELD(limits.session_rate),
+     CONF_NUMBER(CONF_UNIT_COUNT, 1, 1000000), .names = conf_off_names},
+    {"limits", "client_message_rate", "off", CONF_FIELD(limits.message_rate),
+     CONF_NUMBER(CONF_UNIT_COUNT, 1, 1000000), .names = conf_off_names},
+    {"limits", "window", "1m", CONF_FIELD(limits.window_ms),
+     CONF_NUMBER(CONF_UNIT_DURATION, CONF_SECOND, CONF_DAY)},
+    {"limits", "ipv6_prefix", "64", CONF_FIELD(limits.ipv6_prefix),
+     CONF_NUMBER(CONF_UNIT_COUNT, 16, 128)},
+    {"limits", "exempt", "127.0.0.0/8, ::1", CONF_FIELD(limits.exempt), .set = conf_set_cidr_list,
+     .count_offset = offsetof(struct conf, limits.n_exempt)},
+    {"limits", "reserve", "10", CONF_FIELD(limits.reserve),
+     CONF_NUMBER(CONF_UNIT_COUNT, 0, 100000)},
+    {"limits", "max_clients", "100000", CONF_FIELD(limits.max_clients),
+     CONF_NUMBER(CONF_UNIT_COUNT, 1, 10000000)},
 
     {"log", "level", "info", CONF_FIELD(log_level), CONF_ENUM(conf_log_level_names)},
     {"log", "format", "text", CONF_FIELD(log_format), CONF_ENUM(conf_log_format_names)},

@@ -187,6 +187,19 @@ struct conf {
         uint64_t data_end_ms;
     } timeouts;
 
+    /* [limits]: per client address (0: off) */
+    struct {
+        unsigned sessions;     /* sessions at once */
+        unsigned session_rate; /* new sessions per window */
+        unsigned message_rate; /* MAIL commands per window */
+        uint64_t window_ms;
+        unsigned ipv6_prefix;
+        struct conf_cidr exempt[CONF_CIDR_MAX];
+        size_t n_exempt;
+        unsigned reserve; /* connections over max_connections kept for exempt clients */
+        size_t max_clients;
+    } limits;
+
     /* [log] */
     enum conf_log_level log_level;
     enum conf_log_format log_format;

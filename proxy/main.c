@@ -17,6 +17,7 @@
 #include <openssl/base.h>
 #include <openssl/crypto.h>
 
+#include "anvil.h"
 #include "conf.h"
 #include "health.h"
 #include "learn.h"
@@ -202,6 +203,19 @@ static void main_log_listening(const struct conf *conf, unsigned n_workers)
     }
 }
 
+/* main_anvil_config takes the [limits] section for the per-client counters. */
+static struct anvil_config main_anvil_config(const struct conf *conf)
+{
+    return (struct anvil_config){
+        .max_sessions = conf->limits.sessions,
+        .max_session_rate = conf->limits.session_rate,
+        .max_message_rate = conf->limits.message_rate,
+        .window_ms = conf->limits.window_ms,
+        .ipv6_prefix = conf->limits.ipv6_prefix,
+        .max_clients = conf->limits.max_clients,
+    };
+}
+
 /* main_log_restart_needed names the settings a reload cannot change (they take effect at
  * restart); the rest of the new configuration applies at once. */
 static void main_log_restart_needed(const struct conf *conf, const struct conf *old)
@@ -284,6 +298,8 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
                     c->front_tls.learn_ttl_ms);
     learn_configure(shared->back_memory, c->back_tls.remember_max_entries,
                     c->back_tls.remember_failures_ms);
+    struct anvil_config limits = main_anvil_config(c);
+    anvil_configure(shared->anvil, &limits);
     for (unsigned w = 0; w < n_workers; w++) {
         /* One reload at a time: the next one is computed against this one's listeners. */
         if (worker_reload(&workers[w], runtime_ref(fresh), fds[w])) {
@@ -559,7 +575,9 @@ int main(int argc, char **argv)
         learn_new(conf->front_tls.learn_max_entries, conf->front_tls.learn_ttl_ms);
     shared.back_memory =
         learn_new(conf->back_tls.remember_max_entries, conf->back_tls.remember_failures_ms);
-    if (shared.front_learned == NULL || shared.back_memory == NULL) {
+    struct anvil_config limits = main_anvil_config(conf);
+    shared.anvil = anvil_new(&limits);
+    if (shared.front_learned == NULL || shared.back_memory == NULL || shared.anvil == NULL) {
         log_fatal("out of memory");
         return 1;
     }
@@ -591,5 +609,6 @@ int main(int argc, char **argv)
     runtime_unref(m.runtime);
     learn_free(shared.front_learned);
     learn_free(shared.back_memory);
+    anvil_free(shared.anvil);
     return 0;
 }

@@ -26,6 +26,7 @@ struct metrics_series {
 };
 
 #define METRICS_SESSIONS_HELP "Sessions ended, by how they ended."
+#define METRICS_LIMITS_HELP "Clients refused over a per-client limit, by limit."
 #define METRICS_BYTES_HELP "Bytes received, from clients (in) and from upstreams (out)."
 #define METRICS_FRONT_STARTTLS_HELP                                                                \
     "Client-side STARTTLS: offered in EHLO, used, failed handshakes, hidden from clients "         \
@@ -40,6 +41,12 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
                              "Client connections accepted."},
     [METRICS_CONNECTIONS_REFUSED] = {"connections_refused_total", NULL, METRICS_COUNTER,
                                      "Client connections refused over max_connections."},
+    [METRICS_LIMIT_SESSIONS] = {"limit_refusals_total", "limit=\"sessions\"", METRICS_COUNTER,
+                                METRICS_LIMITS_HELP},
+    [METRICS_LIMIT_SESSION_RATE] = {"limit_refusals_total", "limit=\"session-rate\"",
+                                    METRICS_COUNTER, METRICS_LIMITS_HELP},
+    [METRICS_LIMIT_MESSAGE_RATE] = {"limit_refusals_total", "limit=\"message-rate\"",
+                                    METRICS_COUNTER, METRICS_LIMITS_HELP},
     [METRICS_SESSIONS_QUIT] = {"sessions_total", "end=\"quit\"", METRICS_COUNTER,
                                METRICS_SESSIONS_HELP},
     [METRICS_SESSIONS_CLIENT_CLOSED] = {"sessions_total", "end=\"client-closed\"", METRICS_COUNTER,
@@ -61,6 +68,8 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
                                                     METRICS_COUNTER, METRICS_SESSIONS_HELP},
     [METRICS_SESSIONS_TOO_MANY_CONNECTIONS] = {"sessions_total", "end=\"too-many-connections\"",
                                                METRICS_COUNTER, METRICS_SESSIONS_HELP},
+    [METRICS_SESSIONS_CLIENT_LIMIT] = {"sessions_total", "end=\"client-limit\"", METRICS_COUNTER,
+                                       METRICS_SESSIONS_HELP},
     [METRICS_SESSIONS_SHUTDOWN] = {"sessions_total", "end=\"shutdown\"", METRICS_COUNTER,
                                    METRICS_SESSIONS_HELP},
     [METRICS_SESSIONS_OTHER] = {"sessions_total", "end=\"other\"", METRICS_COUNTER,
@@ -253,6 +262,8 @@ enum metrics_counter metrics_session_end(enum reason_end reason)
         return METRICS_SESSIONS_UPSTREAM_IDENTITY_REFUSED;
     case REASON_END_TOO_MANY_CONNECTIONS:
         return METRICS_SESSIONS_TOO_MANY_CONNECTIONS;
+    case REASON_END_LIMIT:
+        return METRICS_SESSIONS_CLIENT_LIMIT;
     case REASON_END_SHUTDOWN:
         return METRICS_SESSIONS_SHUTDOWN;
     case REASON_END_UNKNOWN:

@@ -23,6 +23,10 @@ enum metrics_counter {
     METRICS_CONNECTIONS_CURRENT = 0, /* gauge connections_current: open front connections */
     METRICS_CONNECTIONS,             /* connections_total: accepted front connections */
     METRICS_CONNECTIONS_REFUSED,     /* connections_refused_total: over max_connections */
+    /* limit_refusals_total{limit=...}: clients over a per-client limit ([limits]) */
+    METRICS_LIMIT_SESSIONS,
+    METRICS_LIMIT_SESSION_RATE,
+    METRICS_LIMIT_MESSAGE_RATE,
     /* sessions_total{end=...}: sessions by how they ended (metrics_session_end()) */
     METRICS_SESSIONS_QUIT,
     METRICS_SESSIONS_CLIENT_CLOSED,
@@ -34,6 +38,7 @@ enum metrics_counter {
     METRICS_SESSIONS_UPSTREAM_TLS_FAILED,
     METRICS_SESSIONS_UPSTREAM_IDENTITY_REFUSED,
     METRICS_SESSIONS_TOO_MANY_CONNECTIONS,
+    METRICS_SESSIONS_CLIENT_LIMIT,
     METRICS_SESSIONS_SHUTDOWN,
     METRICS_SESSIONS_OTHER,
     METRICS_MESSAGES,          /* messages_total: upstream answered 2xx to the end of DATA */
@@ -82,7 +87,7 @@ enum metrics_histogram {
  * its widest (20 digits, or "-9223372036854775808" for a gauge). A buffer this size always
  * holds the whole text; test_metrics checks that it matches metrics_render_max().
  */
-#define METRICS_RENDER_MAX 9229
+#define METRICS_RENDER_MAX 9678
 
 /* metrics_inc adds 1 to the counter |id|. */
 void metrics_inc(enum metrics_counter id);

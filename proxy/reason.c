@@ -18,6 +18,7 @@ static const char *const reason_end_names[] = {
     [REASON_END_TIMEOUT] = "timeout",
     [REASON_END_BAD_PROXY_HEADER] = "bad-proxy-header",
     [REASON_END_TOO_MANY_CONNECTIONS] = "too-many-connections",
+    [REASON_END_LIMIT] = "client-limit",
     [REASON_END_LOOP_REFUSED] = "loop-refused",
     [REASON_END_SHUTDOWN] = "shutdown",
     [REASON_END_UPSTREAM_UNREACHABLE] = "upstream-unreachable",

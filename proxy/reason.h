@@ -19,6 +19,7 @@ enum reason_end {
     REASON_END_TIMEOUT,           /* the client was silent too long */
     REASON_END_BAD_PROXY_HEADER,
     REASON_END_TOO_MANY_CONNECTIONS,
+    REASON_END_LIMIT, /* over a per-client limit ([limits]) */
     REASON_END_LOOP_REFUSED,
     REASON_END_SHUTDOWN,
     REASON_END_UPSTREAM_UNREACHABLE, /* no connection, or no greeting */

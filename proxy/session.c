@@ -19,6 +19,7 @@
 
 #include <uv.h>
 
+#include "anvil.h"
 #include "learn.h"
 #include "log.h"
 #include "metrics.h"
@@ -118,13 +119,17 @@ static void session_log_end(const struct session *s, uint64_t duration_ms)
         snprintf(back_tls, sizeof(back_tls), "back_tls=cleartext back_tls_reason=\"%s\"",
                  s->back_tls_reason[0] != '\0' ? s->back_tls_reason : "none");
     }
-    log_info(s->id, "session",
-             "client=%s upstream=%s bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " messages=%" PRIu64
-             " %s starttls=%s %s duration_ms=%" PRIu64 " end=%s",
-             s->front_addr, s->back_addr[0] != '\0' ? s->back_addr : s->conf->upstream.host,
-             s->front.bytes_read, s->back.bytes_read, s->messages, front_tls,
-             session_starttls_names[s->front_starttls], back_tls, duration_ms,
-             reason_end_name(s->end_reason));
+    /* A refused flood would otherwise write a line per connection: the refusals are
+     * counted in the metrics and reported once per client and window (or per second). */
+    bool refused =
+        s->end_reason == REASON_END_LIMIT || s->end_reason == REASON_END_TOO_MANY_CONNECTIONS;
+    log_event(refused ? CONF_LOG_DEBUG : CONF_LOG_INFO, s->id, "session",
+              "client=%s upstream=%s bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " messages=%" PRIu64
+              " %s starttls=%s %s duration_ms=%" PRIu64 " end=%s",
+              s->front_addr, s->back_addr[0] != '\0' ? s->back_addr : s->conf->upstream.host,
+              s->front.bytes_read, s->back.bytes_read, s->messages, front_tls,
+              session_starttls_names[s->front_starttls], back_tls, duration_ms,
+              reason_end_name(s->end_reason));
 }
 
 static void session_free(struct session *s)
@@ -152,6 +157,7 @@ static void session_free(struct session *s)
         atomic_fetch_sub(s->env->n_connections, 1);
         metrics_gauge_add(METRICS_CONNECTIONS_CURRENT, -1);
     }
+    anvil_close(s->env->anvil, &s->anvil_place);
     session_count_end(s, duration_ms);
     runtime_unref(s->runtime);
     free(s);
@@ -785,13 +791,112 @@ static bool session_find_target(struct session *s)
     return true;
 }
 
+/* session_exempt tells whether |sa| is in [limits] exempt. */
+static bool session_exempt(const struct conf *c, const struct sockaddr *sa)
+{
+    for (size_t i = 0; i < c->limits.n_exempt; i++) {
+        if (conf_cidr_match(&c->limits.exempt[i], sa)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* session_count_limit counts a refusal over a per-client limit in the metrics, and logs it
+ * once per client, limit and window, not once per refusal. */
+static void session_count_limit(struct session *s, enum anvil_verdict verdict, bool first)
+{
+    static const enum metrics_counter metric[] = {
+        [ANVIL_SESSIONS] = METRICS_LIMIT_SESSIONS,
+        [ANVIL_SESSION_RATE] = METRICS_LIMIT_SESSION_RATE,
+        [ANVIL_MESSAGE_RATE] = METRICS_LIMIT_MESSAGE_RATE,
+    };
+    const struct conf *c = s->conf;
+    metrics_inc(metric[verdict]);
+    if (first) {
+        unsigned max = verdict == ANVIL_SESSIONS       ? c->limits.sessions
+                       : verdict == ANVIL_SESSION_RATE ? c->limits.session_rate
+                                                       : c->limits.message_rate;
+        log_warn(s->id, "limit-reached", "client=%s limit=%s max=%u window_ms=%" PRIu64,
+                 s->front_addr, anvil_name(verdict), max, c->limits.window_ms);
+    }
+}
+
+bool session_over_message_rate(struct session *s)
+{
+    if (s->limits_exempt || s->conf->limits.message_rate == 0) {
+        return false;
+    }
+    bool first = false;
+    enum anvil_verdict verdict =
+        anvil_message(s->env->anvil, &first, &s->front_sa.sa, uv_hrtime() / 1000000);
+    if (verdict == ANVIL_OK) {
+        return false;
+    }
+    session_count_limit(s, verdict, first);
+    return true;
+}
+
+/* session_within_limits takes the client's place among its sessions, or ends the session
+ * with a 421 that says which limit it is over, before anything is asked of the upstream. */
+static bool session_within_limits(struct session *s)
+{
+    const struct conf *c = s->conf;
+    s->limits_exempt = session_exempt(c, &s->front_sa.sa);
+    if (s->limits_exempt) {
+        return true;
+    }
+    bool first = false;
+    enum anvil_verdict verdict =
+        anvil_open(s->env->anvil, &s->anvil_place, &first, &s->front_sa.sa, uv_hrtime() / 1000000);
+    if (verdict == ANVIL_OK) {
+        return true;
+    }
+    session_count_limit(s, verdict, first);
+    char text[160];
+    if (verdict == ANVIL_SESSIONS) {
+        snprintf(text, sizeof(text),
+                 "Too many connections from your address (limit sessions: %u at once), "
+                 "try again later",
+                 c->limits.sessions);
+    } else {
+        snprintf(text, sizeof(text),
+                 "Too many new connections from your address (limit session-rate: %u per "
+                 "%" PRIu64 " s), try again later",
+                 c->limits.session_rate, c->limits.window_ms / 1000);
+    }
+    session_finish(s, REASON_END_LIMIT, "421 4.7.0", text);
+    return false;
+}
+
 /* session_start_back starts leg 2 once the client is known (after accept, or after the
- * PROXY header). */
+ * PROXY header), if the client is within its limits. */
 void session_start_back(struct session *s)
 {
+    if (!session_within_limits(s)) {
+        return;
+    }
     session_front_decide_offer(s);
     session_enter(s, SESSION_OPENING);
     session_connect_start(s);
+}
+
+/* session_log_cap_reached reports refusals at max_connections: at most one line a second
+ * for the whole process, saying how many were refused since the last line. */
+static void session_log_cap_reached(const struct session *s)
+{
+    static _Atomic uint64_t last_logged_ms;
+    static _Atomic uint64_t refused_since;
+    uint64_t now_ms = uv_hrtime() / 1000000;
+    uint64_t refused = atomic_fetch_add(&refused_since, 1) + 1;
+    uint64_t last = atomic_load(&last_logged_ms);
+    if ((last != 0 && now_ms - last < 1000) ||
+        !atomic_compare_exchange_strong(&last_logged_ms, &last, now_ms)) {
+        return;
+    }
+    atomic_fetch_sub(&refused_since, refused);
+    log_warn(s->id, "too-many-connections", "client=%s max=%u refused=%" PRIu64, s->front_addr,
+             s->conf->max_connections, refused);
 }
 
 int session_accept(struct session_env *env, uv_stream_t *server)
@@ -831,10 +936,14 @@ int session_accept(struct session_env *env, uv_stream_t *server)
     s->counted = true;
     metrics_inc(METRICS_CONNECTIONS);
     metrics_gauge_add(METRICS_CONNECTIONS_CURRENT, 1);
-    if (open > s->conf->max_connections) {
+    /* A small reserve above the cap keeps the exempt networks (the operator's relays, the
+     * load balancer's health checks) served when everyone else is refused. */
+    const struct conf *c = s->conf;
+    bool over = open > c->max_connections && (open > c->max_connections + c->limits.reserve ||
+                                              !session_exempt(c, &s->front_sa.sa));
+    if (over) {
         metrics_inc(METRICS_CONNECTIONS_REFUSED);
-        log_warn(s->id, "too-many-connections", "client=%s max=%u", s->front_addr,
-                 s->conf->max_connections);
+        session_log_cap_reached(s);
         session_finish(s, REASON_END_TOO_MANY_CONNECTIONS, "421 4.7.0",
                        "Too many connections, try again later");
     } else if (s->conf->mode == CONF_MODE_TRANSPARENT && !session_find_target(s)) {

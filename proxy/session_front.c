@@ -58,6 +58,8 @@ static const char *const session_local_replies[] = {
     [SESSION_LOCAL_TLS_REQUIRED] = "530 5.7.0 Must issue a STARTTLS command first\r\n",
     /* The upstream may trust the proxy's address for XCLIENT: a client must never use it. */
     [SESSION_LOCAL_XCLIENT_DENIED] = "550 5.7.0 XCLIENT not permitted\r\n",
+    /* Postfix's reply over smtpd_client_message_rate_limit: this MAIL only, not the session */
+    [SESSION_LOCAL_MESSAGE_RATE] = "450 4.7.1 Too much mail from your address, try again later\r\n",
 };
 
 /* ---- the pipeline ------------------------------------------------------------------------ */
@@ -118,11 +120,16 @@ void session_front_send_ready_local_replies(struct session *s)
     }
 }
 
+#define SESSION_REFUSALS_LOGGED 5
+
 static void session_reply_locally(struct session *s, enum session_local_reply local)
 {
     const char *reply = session_local_replies[local];
-    if (reply[0] >= '4') {
-        log_info(s->id, "refused", "client=%s reply=\"%.9s\"", s->front_addr, reply);
+    /* A client that sends nothing but bad commands must not fill the log: the first few
+     * refusals of a session are enough to see what it was doing. */
+    if (reply[0] >= '4' && s->n_refused++ < SESSION_REFUSALS_LOGGED) {
+        log_info(s->id, "refused", "client=%s reply=\"%.9s\"%s", s->front_addr, reply,
+                 s->n_refused == SESSION_REFUSALS_LOGGED ? " (later refusals not logged)" : "");
     }
     session_push(s, SESSION_PENDING_LOCAL, local);
     session_front_send_ready_local_replies(s);
@@ -291,6 +298,10 @@ static void session_verb_quit(struct session *s, const struct smtp_command *cmd,
 static void session_verb_mail(struct session *s, const struct smtp_command *cmd, const char *line,
                               size_t len)
 {
+    if (session_over_message_rate(s)) {
+        session_reply_locally(s, SESSION_LOCAL_MESSAGE_RATE);
+        return;
+    }
     s->in_transaction = true;
     session_forward(s, line, len, SESSION_PENDING_MAIL);
     session_replay_note(s, cmd->verb, line, len);

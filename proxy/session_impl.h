@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "addr.h"
+#include "anvil.h"
 #include "buf.h"
 #include "conf.h"
 #include "ladder.h"
@@ -104,6 +105,7 @@ enum session_local_reply {
     SESSION_LOCAL_HELLO_FIRST,
     SESSION_LOCAL_TLS_REQUIRED,
     SESSION_LOCAL_XCLIENT_DENIED,
+    SESSION_LOCAL_MESSAGE_RATE,
 };
 
 /* What became of STARTTLS on leg 1, for the session line. */
@@ -195,10 +197,13 @@ struct session {
     bool in_transaction; /* MAIL accepted and the message not yet finished or reset */
     bool offer_starttls; /* advertise STARTTLS to this client (decided at accept) */
     bool counted;        /* counted in env->n_connections */
-    bool lingering;      /* front shut down for writing; reading to drain */
-    bool close_notified; /* our close_notify is queued */
-    bool shutting_down;  /* closing because the process stops */
-    bool skip_sasl;      /* SESSION_FRONT_SKIP_LINE: the line answers a 334 */
+    bool limits_exempt;  /* the client is in [limits] exempt */
+    unsigned n_refused;  /* commands the proxy refused itself (the first few are logged) */
+    struct anvil_place anvil_place; /* our place among the client's sessions, if any */
+    bool lingering;                 /* front shut down for writing; reading to drain */
+    bool close_notified;            /* our close_notify is queued */
+    bool shutting_down;             /* closing because the process stops */
+    bool skip_sasl;                 /* SESSION_FRONT_SKIP_LINE: the line answers a 334 */
     enum session_front_starttls front_starttls;
     uint64_t front_injected;     /* bytes thrown away between STARTTLS and the handshake */
     const char *front_tls_error; /* static, or tlsio's reason (lives as long as front.tls) */
@@ -268,6 +273,9 @@ void session_on_back_connect(uv_connect_t *req, int status);
 void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
 void session_on_back_closed(uv_handle_t *handle);
 void session_start_back(struct session *s);
+/* session_over_message_rate counts a MAIL against [limits] client_message_rate: true when
+ * the client is over it (counted and logged; the caller refuses the MAIL). */
+bool session_over_message_rate(struct session *s);
 
 /* session_front.c */
 void session_front_proxy_header(struct session *s);

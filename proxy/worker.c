@@ -134,6 +134,7 @@ int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
         .runtime = runtime,
         .front_learned = shared->front_learned,
         .back_memory = shared->back_memory,
+        .anvil = shared->anvil,
         .n_connections = &shared->connections,
     };
     w->reload = NULL;

@@ -26,6 +26,7 @@ struct metrics_http_server;
 struct worker_shared {
     struct learn *front_learned;  /* clients whose handshake failed */
     struct learn *back_memory;    /* per upstream, the leg-2 fallback step that worked */
+    struct anvil *anvil;          /* per-client abuse limits */
     _Atomic unsigned connections; /* open sessions across all workers, for max_connections */
 };
 

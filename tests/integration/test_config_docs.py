@@ -89,7 +89,7 @@ def parse_readme(path):
             continue
         if columns[0] != "key":
             continue
-        m = re.fullmatch(r"`([a-z_]+)`", cells[0])
+        m = re.fullmatch(r"`([a-z][a-z0-9_]*)`", cells[0])
         assert m, f"README [{current}]: key cell {cells[0]!r} is not one `key`"
         key = m.group(1)
         assert key not in current, f"README [{current}]: {key} listed twice"

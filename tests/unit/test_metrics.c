@@ -229,8 +229,8 @@ static void test_render(void)
     int lines;
     int families;
     check_shape(text, len, &lines, &families);
-    CHECK_INT(families, 18);
-    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 18 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
+    CHECK_INT(families, 19);
+    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 19 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
 
     /* The start of the text, exactly. */
     const char *head =
@@ -241,6 +241,11 @@ static void test_render(void)
         "# HELP " P "connections_refused_total Client connections refused over "
         "max_connections.\n"
         "# TYPE " P "connections_refused_total counter\n" P "connections_refused_total 1\n"
+        "# HELP " P "limit_refusals_total Clients refused over a per-client limit, by limit.\n"
+        "# TYPE " P "limit_refusals_total counter\n" P
+        "limit_refusals_total{limit=\"sessions\"} 0\n" P
+        "limit_refusals_total{limit=\"session-rate\"} 0\n" P
+        "limit_refusals_total{limit=\"message-rate\"} 0\n"
         "# HELP " P "sessions_total Sessions ended, by how they ended.\n"
         "# TYPE " P "sessions_total counter\n" P "sessions_total{end=\"quit\"} 1\n" P
         "sessions_total{end=\"client-closed\"} 0\n";
@@ -354,6 +359,7 @@ static void test_mappings(void)
         {REASON_END_UPSTREAM_TLS_FAILED, METRICS_SESSIONS_UPSTREAM_TLS_FAILED},
         {REASON_END_UPSTREAM_IDENTITY_REFUSED, METRICS_SESSIONS_UPSTREAM_IDENTITY_REFUSED},
         {REASON_END_TOO_MANY_CONNECTIONS, METRICS_SESSIONS_TOO_MANY_CONNECTIONS},
+        {REASON_END_LIMIT, METRICS_SESSIONS_CLIENT_LIMIT},
         {REASON_END_SHUTDOWN, METRICS_SESSIONS_SHUTDOWN},
         {REASON_END_BAD_PROXY_HEADER, METRICS_SESSIONS_OTHER},
         {REASON_END_LOOP_REFUSED, METRICS_SESSIONS_OTHER},
