@@ -23,6 +23,7 @@
 #include "learn.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "runtime.h"
 #include "tlsio.h"
 #include "worker.h"
@@ -274,6 +275,7 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
             log_error(0, "front-tls-reload-failed",
                       "error=\"invalid configuration\" action=kept-old");
         }
+        metrics_inc(METRICS_RELOADS_FAILED);
         return;
     }
     main_log_restart_needed(conf, old);
@@ -284,11 +286,13 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
         log_error(0, front_was ? "front-tls-reload-failed" : "reload-failed",
                   "error=\"%s\" action=kept-old-config",
                   log_escape(text, sizeof(text), err, strlen(err), sizeof(text) / 4));
+        metrics_inc(METRICS_RELOADS_FAILED);
         return;
     }
     if (main_bind_listeners(fds, err, sizeof(err), n_workers, fresh->conf, old) != 0) {
         log_error(0, "reload-failed", "error=\"%s\" action=kept-old-config", err);
         runtime_unref(fresh);
+        metrics_inc(METRICS_RELOADS_FAILED);
         return;
     }
     const struct conf *c = fresh->conf;
@@ -309,6 +313,7 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
     runtime_unref(*current);
     *current = fresh;
     main_log_listening(c, n_workers);
+    metrics_inc(METRICS_RELOADS_OK);
     log_info(0, "reloaded", "file=%s upstream=%s:%u", path, c->upstream.host,
              (unsigned)c->upstream.port);
     if (c->front_tls.starttls == CONF_FRONT_STARTTLS_OFFER) {

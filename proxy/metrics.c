@@ -16,6 +16,7 @@
 enum metrics_type {
     METRICS_COUNTER = 0,
     METRICS_GAUGE,
+    METRICS_INFO, /* a gauge that is always 1: its labels are the information */
 };
 
 struct metrics_series {
@@ -33,6 +34,8 @@ struct metrics_series {
     "remembered as failing."
 #define METRICS_FALLBACK_HELP                                                                      \
     "Upstream TLS attempts that failed and fell back or gave up, by reason class."
+#define METRICS_RELOADS_HELP                                                                       \
+    "Configuration reloads (SIGHUP): applied, or refused with the old configuration kept."
 
 static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
     [METRICS_CONNECTIONS_CURRENT] = {"connections_current", NULL, METRICS_GAUGE,
@@ -128,6 +131,13 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
     [METRICS_BACK_REMEMBERED_ENTRIES] = {"back_remembered_entries", NULL, METRICS_GAUGE,
                                          "Upstreams remembered with the fallback step that "
                                          "worked."},
+    [METRICS_RELOADS_OK] = {"reloads_total", "result=\"ok\"", METRICS_COUNTER,
+                            METRICS_RELOADS_HELP},
+    [METRICS_RELOADS_FAILED] = {"reloads_total", "result=\"failed\"", METRICS_COUNTER,
+                                METRICS_RELOADS_HELP},
+    /* PROXY_VERSION is the build's version, the one -V prints (CMakeLists.txt). */
+    [METRICS_BUILD_INFO] = {"build_info", "version=\"" PROXY_VERSION "\"", METRICS_INFO,
+                            "The proxy's version, as a label; the value is always 1."},
 };
 
 struct metrics_hist_info {
@@ -194,6 +204,9 @@ void metrics_gauge_set(enum metrics_counter id, int64_t value)
 uint64_t metrics_get(enum metrics_counter id)
 {
     assert((unsigned)id < METRICS_N_COUNTERS);
+    if (metrics_series[id].type == METRICS_INFO) {
+        return 1;
+    }
     return atomic_load_explicit(&metrics_values[id].v, memory_order_relaxed);
 }
 
@@ -372,7 +385,7 @@ static size_t metrics_render_to(struct metrics_out *o)
         const struct metrics_series *m = &metrics_series[i];
         if (i == 0 || strcmp(metrics_series[i - 1].family, m->family) != 0) {
             metrics_put_family(o, m->family, m->help,
-                               m->type == METRICS_GAUGE ? "gauge" : "counter");
+                               m->type == METRICS_COUNTER ? "counter" : "gauge");
         }
         metrics_puts(o, METRICS_PREFIX);
         metrics_puts(o, m->family);
@@ -383,7 +396,9 @@ static size_t metrics_render_to(struct metrics_out *o)
         }
         metrics_puts(o, " ");
         uint64_t v = atomic_load_explicit(&metrics_values[i].v, memory_order_relaxed);
-        if (m->type == METRICS_GAUGE) {
+        if (m->type == METRICS_INFO) {
+            metrics_puts(o, "1");
+        } else if (m->type == METRICS_GAUGE) {
             metrics_put_i64(o, (int64_t)v);
         } else {
             metrics_put_u64(o, v);

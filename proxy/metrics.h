@@ -67,6 +67,10 @@ enum metrics_counter {
     METRICS_BACK_REQUIRE_FAILURES,   /* back_tls_require_failures_total: require, no TLS */
     METRICS_FRONT_LEARNED_ENTRIES,   /* gauge front_learned_entries */
     METRICS_BACK_REMEMBERED_ENTRIES, /* gauge back_remembered_entries */
+    /* reloads_total{result=...}: SIGHUP reloads applied ("ok") or refused ("failed") */
+    METRICS_RELOADS_OK,
+    METRICS_RELOADS_FAILED,
+    METRICS_BUILD_INFO, /* gauge build_info{version=PROXY_VERSION}: always 1, set by nobody */
     METRICS_N_COUNTERS,
 };
 
@@ -84,10 +88,11 @@ enum metrics_histogram {
 
 /*
  * The most bytes metrics_render() ever needs, its terminating NUL included: every value at
- * its widest (20 digits, or "-9223372036854775808" for a gauge). A buffer this size always
- * holds the whole text; test_metrics checks that it matches metrics_render_max().
+ * its widest (20 digits, or "-9223372036854775808" for a gauge), plus the length of the
+ * version in build_info, so that a new version number needs no edit here. A buffer this
+ * size always holds the whole text; test_metrics checks that it matches metrics_render_max().
  */
-#define METRICS_RENDER_MAX 9678
+#define METRICS_RENDER_MAX (10141 + sizeof(PROXY_VERSION) - 1)
 
 /* metrics_inc adds 1 to the counter |id|. */
 void metrics_inc(enum metrics_counter id);
@@ -104,7 +109,7 @@ void metrics_gauge_add(enum metrics_counter id, int64_t delta);
 void metrics_gauge_set(enum metrics_counter id, int64_t value);
 
 /* metrics_get returns the current value of the counter or gauge |id| (a gauge's int64_t
- * bits as uint64_t). */
+ * bits as uint64_t; always 1 for METRICS_BUILD_INFO). */
 uint64_t metrics_get(enum metrics_counter id);
 
 /*

@@ -223,14 +223,15 @@ static void test_render(void)
     metrics_gauge_set(METRICS_FRONT_LEARNED_ENTRIES, 5);
     metrics_gauge_set(METRICS_FRONT_LEARNED_ENTRIES, 4);
     metrics_observe(METRICS_FRONT_HANDSHAKE_SECONDS, 0.02);
+    metrics_inc(METRICS_RELOADS_FAILED);
 
     size_t len;
     char *text = render_all(&len);
     int lines;
     int families;
     check_shape(text, len, &lines, &families);
-    CHECK_INT(families, 19);
-    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 19 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
+    CHECK_INT(families, 21);
+    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 21 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
 
     /* The start of the text, exactly. */
     const char *head =
@@ -250,6 +251,19 @@ static void test_render(void)
         "# TYPE " P "sessions_total counter\n" P "sessions_total{end=\"quit\"} 1\n" P
         "sessions_total{end=\"client-closed\"} 0\n";
     CHECK_MEM(text, strlen(head), head, strlen(head));
+
+    /* The last counter families, exactly, ending where the histograms start. build_info
+     * carries the version -V prints and is 1 whatever was reset. */
+    const char *tail =
+        "# HELP " P "reloads_total Configuration reloads (SIGHUP): applied, or refused with the "
+        "old configuration kept.\n"
+        "# TYPE " P "reloads_total counter\n" P "reloads_total{result=\"ok\"} 0\n" P
+        "reloads_total{result=\"failed\"} 1\n"
+        "# HELP " P "build_info The proxy's version, as a label; the value is always 1.\n"
+        "# TYPE " P "build_info gauge\n" P "build_info{version=\"" PROXY_VERSION "\"} 1\n"
+        "# HELP " P "front_handshake_seconds ";
+    CHECK(strstr(text, tail) != NULL);
+    CHECK_INT(metrics_get(METRICS_BUILD_INFO), 1);
 
     const char *want[] = {
         P "sessions_total{end=\"upstream-lost\"} 1",
@@ -312,7 +326,10 @@ static void test_render(void)
     /* The documented bound: exact, and never exceeded by real values. */
     size_t max = metrics_render_max();
     if (max != METRICS_RENDER_MAX) {
-        fprintf(stderr, "metrics_render_max() is %zu: update METRICS_RENDER_MAX\n", max);
+        fprintf(stderr,
+                "metrics_render_max() is %zu: set METRICS_RENDER_MAX to "
+                "(%zu + sizeof(PROXY_VERSION) - 1)\n",
+                max, max - (sizeof(PROXY_VERSION) - 1));
     }
     CHECK_INT(max, METRICS_RENDER_MAX);
     metrics_reset();
@@ -320,7 +337,7 @@ static void test_render(void)
         if (i == METRICS_CONNECTIONS_CURRENT || i == METRICS_FRONT_LEARNED_ENTRIES ||
             i == METRICS_BACK_REMEMBERED_ENTRIES) {
             metrics_gauge_set((enum metrics_counter)i, INT64_MIN);
-        } else {
+        } else if (i != METRICS_BUILD_INFO) {
             metrics_add((enum metrics_counter)i, UINT64_MAX);
         }
     }
