@@ -7,15 +7,21 @@
                        write, the body and the final dot in two writes): prints the time per
                        message. A relay without TCP_NODELAY stalls ~40 ms per message here
                        (Nagle waiting for a delayed ACK).
+  load ADDR ...        many sessions, P in parallel, each sending M messages pipelined
+                       (MAIL+RCPT+DATA in one write, then the body with its dot, the last one
+                       with QUIT behind it), optionally after STARTTLS; prints one JSON line.
 
 Only for loopback targets; every loop is bounded in count and in time.
 """
 
 import argparse
+import asyncio
 import errno
+import json
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -27,12 +33,24 @@ def parse_addr(text):
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def tls_client_context():
+    """TLS 1.3 only, no verification (the benchmark's peers use a throw-away self-signed
+    certificate): every contender negotiates the same protocol with the same client."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
 class Conn:
     __slots__ = ("sock", "state", "buf", "error")
 
     def __init__(self, sock):
         self.sock = sock
-        self.state = "connecting"  # -> greeting -> ehlo -> idle | failed
+        # connecting -> greeting -> ehlo -> idle | failed; with STARTTLS:
+        # ehlo -> starttls -> handshake -> ehlo2 -> idle
+        self.state = "connecting"
         self.buf = b""
         self.error = None
 
@@ -51,13 +69,15 @@ def _reply_complete(buf):
 
 
 class IdleHolder:
-    """Opens sessions in batches and keeps them idle after their EHLO reply."""
+    """Opens sessions in batches and keeps them idle after their EHLO reply (with starttls:
+    after EHLO, STARTTLS, the handshake and EHLO again inside TLS)."""
 
-    def __init__(self, addr, sources=None):
+    def __init__(self, addr, sources=None, starttls=False):
         self.addr = addr
         self.sources = sources or []  # e.g. ["127.0.0.2", ...] to spread source ports
         self.conns = []
         self.failures = {}
+        self.tls_ctx = tls_client_context() if starttls else None
 
     def _fail(self, conn, sel, why):
         conn.state = "failed"
@@ -101,8 +121,20 @@ class IdleHolder:
                     conn.state = "greeting"
                     sel.modify(conn.sock, selectors.EVENT_READ, conn)
                     continue
+                if conn.state == "handshake":
+                    if self._handshake_step(conn, sel):
+                        conn.sock.send(b"EHLO " + EHLO_NAME.encode() + b"\r\n")
+                        conn.state = "ehlo2"
+                    elif conn.state == "failed":
+                        pending -= 1
+                    continue
                 try:
                     data = conn.sock.recv(65536)
+                    # TLS: more records may sit decrypted-ready in the SSL object already
+                    while data and isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+                        data += conn.sock.recv(65536)
+                except ssl.SSLWantReadError:
+                    continue
                 except OSError as e:
                     self._fail(conn, sel, "recv:" + errno.errorcode.get(e.errno, str(e.errno)))
                     pending -= 1
@@ -123,9 +155,30 @@ class IdleHolder:
                         continue
                     conn.sock.send(b"EHLO " + EHLO_NAME.encode() + b"\r\n")
                     conn.state = "ehlo"
-                elif conn.state == "ehlo":
+                elif conn.state == "ehlo" and self.tls_ctx is not None:
                     if code != "250":
                         self._fail(conn, sel, "ehlo-" + code)
+                        pending -= 1
+                        continue
+                    conn.sock.send(b"STARTTLS\r\n")
+                    conn.state = "starttls"
+                elif conn.state == "starttls":
+                    if code != "220":
+                        self._fail(conn, sel, "starttls-" + code)
+                        pending -= 1
+                        continue
+                    sel.unregister(conn.sock)
+                    conn.sock = self.tls_ctx.wrap_socket(conn.sock, do_handshake_on_connect=False)
+                    sel.register(conn.sock, selectors.EVENT_READ, conn)
+                    conn.state = "handshake"
+                    if self._handshake_step(conn, sel):
+                        conn.sock.send(b"EHLO " + EHLO_NAME.encode() + b"\r\n")
+                        conn.state = "ehlo2"
+                    elif conn.state == "failed":
+                        pending -= 1
+                elif conn.state in ("ehlo", "ehlo2"):
+                    if code != "250":
+                        self._fail(conn, sel, conn.state + "-" + code)
                     else:
                         conn.state = "idle"
                         sel.unregister(conn.sock)
@@ -134,6 +187,20 @@ class IdleHolder:
             if conn.state not in ("idle", "failed"):
                 self._fail(conn, sel, "timeout-in-" + conn.state)
         sel.close()
+
+    def _handshake_step(self, conn, sel):
+        """Advance a non-blocking handshake; True when it is done."""
+        try:
+            conn.sock.do_handshake()
+            sel.modify(conn.sock, selectors.EVENT_READ, conn)
+            return True
+        except ssl.SSLWantReadError:
+            sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        except ssl.SSLWantWriteError:
+            sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        except (ssl.SSLError, OSError) as e:
+            self._fail(conn, sel, "handshake:" + type(e).__name__)
+        return False
 
     def open(self, n, batch=250, timeout=120.0):
         """Open n sessions (in batches, to stay under listen backlogs); returns how many are
@@ -152,14 +219,20 @@ class IdleHolder:
         for c in self.conns:
             if c.state != "idle":
                 continue
+            # peek at the raw socket (an SSLSocket takes no flags): a FIN reads as b""
+            raw = socket.socket(fileno=c.sock.fileno()) if isinstance(c.sock, ssl.SSLSocket) \
+                else c.sock
             try:
-                data = c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                 if data:
-                    alive += 1  # unexpected bytes, but still open
+                    alive += 1  # unexpected bytes (or TLS records), but still open
             except BlockingIOError:
                 alive += 1
             except OSError:
                 pass
+            finally:
+                if raw is not c.sock:
+                    raw.detach()
         return alive
 
     def close(self):
@@ -282,6 +355,109 @@ def summarize(times):
     }
 
 
+# ---------------------------------------------------------------- load (asyncio)
+
+LINE = b"0123456789" * 7 + b"abcdefgh\r\n"  # 80 octets
+
+
+def make_body(size):
+    """A message of about `size` octets: a header, then 80-octet lines (none starts with
+    a dot), ending in CRLF."""
+    head = b"From: <a@bench.test>\r\nTo: <b@bench.test>\r\nSubject: bench\r\n\r\n"
+    n = max(1, (size - len(head)) // len(LINE))
+    return head + LINE * n
+
+
+async def _reply(reader, timeout):
+    """One whole (multi-line) reply; returns (code, text)."""
+    lines = []
+    while True:
+        line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+        lines.append(line)
+        if len(lines) > 100:
+            raise RuntimeError("reply of more than 100 lines")
+        if len(line) < 4 or line[3:4] != b"-":
+            return line[:3].decode("ascii", "replace"), b"".join(lines)
+
+
+async def _expect(reader, want, what, timeout):
+    code, text = await _reply(reader, timeout)
+    if code != want:
+        raise RuntimeError("%s: wanted %s, got %r" % (what, want, text[:200]))
+    return text
+
+
+async def load_session(addr, n_messages, body, tls_ctx, timeout, stats):
+    """One session: greeting, EHLO, [STARTTLS, handshake, EHLO], then n_messages sent
+    pipelined: MAIL+RCPT+DATA in one write, then the body with its dot (and, after the last
+    message, QUIT) in the next. Counts into stats; raises on any unexpected reply."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(addr[0], addr[1], limit=1 << 16), timeout)
+    try:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await _expect(reader, "220", "greeting", timeout)
+        writer.write(b"EHLO " + EHLO_NAME.encode() + b"\r\n")
+        await _expect(reader, "250", "EHLO", timeout)
+        if tls_ctx is not None:
+            writer.write(b"STARTTLS\r\n")
+            await _expect(reader, "220", "STARTTLS", timeout)
+            await asyncio.wait_for(writer.start_tls(tls_ctx), timeout)
+            if "cipher" not in stats:
+                obj = writer.get_extra_info("ssl_object")
+                stats["cipher"] = "%s %s" % (obj.version(), obj.cipher()[0])
+            writer.write(b"EHLO " + EHLO_NAME.encode() + b"\r\n")
+            await _expect(reader, "250", "EHLO after TLS", timeout)
+        envelope = b"MAIL FROM:<a@bench.test>\r\nRCPT TO:<b@bench.test>\r\nDATA\r\n"
+        for i in range(n_messages):
+            writer.write(envelope)
+            for want, what in (("250", "MAIL"), ("250", "RCPT"), ("354", "DATA")):
+                await _expect(reader, want, what, timeout)
+            last = i == n_messages - 1
+            writer.write(body)
+            writer.write(b".\r\nQUIT\r\n" if last else b".\r\n")
+            await asyncio.wait_for(writer.drain(), timeout)
+            await _expect(reader, "250", "end of data", timeout)
+            stats["messages"] += 1
+            stats["octets"] += len(body)
+        await _expect(reader, "221", "QUIT", timeout)
+        stats["sessions"] += 1
+    finally:
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), timeout)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            pass
+
+
+async def load(addr, sessions, parallel, per_session, size, starttls, timeout, max_seconds,
+               max_errors=20):
+    """Run `sessions` sessions, `parallel` at a time; returns the counts, the first errors
+    and the wall time."""
+    body = make_body(size)
+    tls_ctx = tls_client_context() if starttls else None
+    stats = {"messages": 0, "octets": 0, "sessions": 0, "errors": 0, "error_samples": []}
+    left = [sessions]
+    stop_at = time.monotonic() + max_seconds
+
+    async def worker():
+        while left[0] > 0 and stats["errors"] < max_errors and time.monotonic() < stop_at:
+            left[0] -= 1
+            try:
+                await load_session(addr, per_session, body, tls_ctx, timeout, stats)
+            except (OSError, RuntimeError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError, ssl.SSLError) as e:
+                stats["errors"] += 1
+                if len(stats["error_samples"]) < 3:
+                    stats["error_samples"].append("%s: %s" % (type(e).__name__, e))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(max(1, min(parallel, sessions)))))
+    stats["seconds"] = time.perf_counter() - t0
+    stats["timed_out"] = left[0] > 0 and time.monotonic() >= stop_at
+    return stats
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -298,8 +474,23 @@ def main():
     p.add_argument("--body", type=int, default=512)
     p.add_argument("--no-split", action="store_true", help="send body and dot in one write")
     p.add_argument("--lockstep", action="store_true", help="no pipelining: one command at a time")
+    lo = sub.add_parser("load", help="many pipelined sessions; prints one JSON line")
+    lo.add_argument("addr")
+    lo.add_argument("--sessions", type=int, default=1000, help="sessions in all (1000)")
+    lo.add_argument("--parallel", type=int, default=50, help="sessions at once (50)")
+    lo.add_argument("--per-session", type=int, default=10, help="messages per session (10)")
+    lo.add_argument("--size", type=int, default=4096, help="message size, octets (4096)")
+    lo.add_argument("--starttls", action="store_true", help="STARTTLS (TLS 1.3) after EHLO")
+    lo.add_argument("--timeout", type=float, default=30.0, help="per reply, seconds (30)")
+    lo.add_argument("--max-seconds", type=float, default=600.0,
+                    help="start no new session after this long (600)")
     args = ap.parse_args()
     addr = parse_addr(args.addr)
+    if args.cmd == "load":
+        res = asyncio.run(load(addr, args.sessions, args.parallel, args.per_session, args.size,
+                               args.starttls, args.timeout, args.max_seconds))
+        print(json.dumps(res), flush=True)
+        return 0 if res["errors"] == 0 and not res["timed_out"] else 1
     if args.cmd == "hold":
         sources = ["127.0.0.%d" % (2 + i) for i in range(args.spread)]
         holder = IdleHolder(addr, sources)
