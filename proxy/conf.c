@@ -103,6 +103,8 @@ static conf_setter conf_set_listen;
 static conf_setter conf_set_cidr_list;
 static conf_setter conf_set_fallback_steps;
 static conf_setter conf_set_policy;
+static conf_setter conf_set_redis;
+static conf_setter conf_set_store_prefix;
 
 static const struct conf_name conf_bool_names[] = {
     {"on", 1, false},   {"off", 0, false}, {"yes", 1, true}, {"no", 0, true},  {"true", 1, true},
@@ -236,6 +238,7 @@ static const struct conf_section conf_sections[] = {
     {"upstream_policy", "; write the policy first, as in \"may = *.example.com\""},
     {"timeouts", ""},
     {"limits", ""},
+    {"store", ""},
     {"log", ""},
     {"metrics", ""},
 };
@@ -347,6 +350,13 @@ static const struct conf_key conf_keys[] = {
      CONF_NUMBER(CONF_UNIT_COUNT, 0, 100000)},
     {"limits", "max_clients", "100000", CONF_FIELD(limits.max_clients),
      CONF_NUMBER(CONF_UNIT_COUNT, 1, 10000000)},
+
+    /* Shared learned state; the default, off, keeps everything in the process. */
+    {"store", "redis", "", CONF_FIELD(store.redis), .set = conf_set_redis},
+    {"store", "password_file", "", CONF_FIELD(store.password_file), CONF_STRING(CONF_KEY_READABLE)},
+    {"store", "timeout", "50ms", CONF_FIELD(store.timeout_ms),
+     CONF_NUMBER(CONF_UNIT_DURATION, 1, 10 * CONF_SECOND)},
+    {"store", "prefix", "smtp-tls-proxy:", CONF_FIELD(store.prefix), .set = conf_set_store_prefix},
 
     {"log", "level", "info", CONF_FIELD(log_level), CONF_ENUM(conf_log_level_names)},
     {"log", "format", "text", CONF_FIELD(log_format), CONF_ENUM(conf_log_format_names)},
@@ -905,6 +915,40 @@ static void conf_set_hostname(struct conf_load *ld, const struct conf_key *key, 
     }
     /* Empty: conf_finish() asks the system, once the file cannot set it any more. */
     memcpy(conf_field(ld, key), value, strlen(value) + 1);
+}
+
+static void conf_set_redis(struct conf_load *ld, const struct conf_key *key, const char *value)
+{
+    struct conf *conf = ld->conf;
+    conf->store.enabled = false;
+    if (value[0] == '\0') {
+        return;
+    }
+    const char *error = redis_url_parse(&conf->store.redis, value);
+    if (error != NULL) {
+        /* The text may hold a password: name the problem, not the value. */
+        conf_key_error(ld, key, "the URL %s", error);
+        return;
+    }
+    conf->store.enabled = true;
+}
+
+static void conf_set_store_prefix(struct conf_load *ld, const struct conf_key *key,
+                                  const char *value)
+{
+    size_t len = strlen(value);
+    bool ok = len >= 1 && len <= CONF_STORE_PREFIX_MAX;
+    for (size_t i = 0; ok && i < len; i++) {
+        char c = value[i];
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             strchr(":_.-/", c) != NULL;
+    }
+    if (!ok) {
+        conf_key_error(
+            ld, key, "\"%s\" is not valid; expected 1 to 64 letters, digits and \":_.-/\"", value);
+        return;
+    }
+    memcpy(ld->conf->store.prefix, value, len + 1);
 }
 
 /* conf_check_addr parses |text| into |out| and reports what is wrong with it. */
@@ -1475,6 +1519,38 @@ static void conf_default_hostname(struct conf_load *ld)
     memcpy(ld->conf->hostname, name, sizeof(name));
 }
 
+/* conf_read_password reads the first line of [store] password_file into the URL's
+ * password (a Kubernetes Secret or a Docker secret file, so that the INI file can be
+ * shared without it). */
+static void conf_read_password(struct conf_load *ld)
+{
+    struct conf *conf = ld->conf;
+    const char *path = conf->store.password_file;
+    unsigned line = conf_line_of(ld, "store", "password_file");
+    if (!conf->store.enabled) {
+        conf_error(ld, line, "password_file", "is given without redis; expected both or neither");
+        return;
+    }
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        conf_error(ld, line, "password_file", "\"%s\" cannot be read: %s", path, strerror(errno));
+        return;
+    }
+    char text[REDIS_URL_PASSWORD_MAX + 3];
+    bool read = fgets(text, sizeof(text), f) != NULL;
+    fclose(f);
+    size_t len = read ? strcspn(text, "\r\n") : 0;
+    if (len == 0 || len > REDIS_URL_PASSWORD_MAX) {
+        conf_error(ld, line, "password_file",
+                   "\"%s\" must hold the password on its first line, 1 to %d bytes", path,
+                   REDIS_URL_PASSWORD_MAX);
+        return;
+    }
+    memcpy(conf->store.redis.password, text, len);
+    conf->store.redis.password[len] = '\0';
+    explicit_bzero(text, sizeof(text));
+}
+
 static void conf_finish(struct conf_load *ld)
 {
     struct conf *conf = ld->conf;
@@ -1519,6 +1595,9 @@ static void conf_finish(struct conf_load *ld)
     if (conf->back_tls.verify == CONF_VERIFY_CA && conf->back_tls.ca_file == NULL) {
         conf_error(ld, conf_line_of(ld, "upstream_tls", "ca_file"), "ca_file",
                    "missing; a CA file is required when verify = ca");
+    }
+    if (conf->store.password_file != NULL) {
+        conf_read_password(ld);
     }
 }
 
@@ -1601,6 +1680,8 @@ void conf_free(struct conf *conf)
     free(conf->back_tls.certificate);
     free(conf->back_tls.key);
     free(conf->back_tls.ca_file);
+    free(conf->store.password_file);
+    explicit_bzero(conf->store.redis.password, sizeof(conf->store.redis.password));
     free(conf);
 }
 

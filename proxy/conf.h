@@ -13,8 +13,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "redis_url.h"
+
 #define CONF_DEFAULT_PATH "/etc/smtp-tls-proxy/smtp-tls-proxy.ini"
 #define CONF_HOST_MAX 255
+#define CONF_STORE_PREFIX_MAX 64
 
 /* A "host:port" or "[v6]:port" from the file. host is a name or a numeric address. */
 struct conf_addr {
@@ -199,6 +202,15 @@ struct conf {
         unsigned reserve; /* connections over max_connections kept for exempt clients */
         size_t max_clients;
     } limits;
+
+    /* [store]: the learned state shared with other instances (off when !enabled) */
+    struct {
+        bool enabled;
+        struct redis_url redis;
+        char *password_file; /* read into redis.password by conf_load() */
+        uint64_t timeout_ms; /* the longest a session waits for an answer */
+        char prefix[CONF_STORE_PREFIX_MAX + 1];
+    } store;
 
     /* [log] */
     enum conf_log_level log_level;

@@ -4,6 +4,8 @@
  */
 #include "ladder.h"
 
+#include <string.h>
+
 #define LADDER_NO_CLIENT_CERT_BIT 1u
 #define LADDER_TLS12_BIT 2u
 #define LADDER_CLEARTEXT_BIT 4u
@@ -110,4 +112,23 @@ const char *ladder_name(const struct ladder_attempt *a)
         return "no-client-cert";
     }
     return a->max_tls12 ? "tls12" : "tls";
+}
+
+uint8_t ladder_value_of_name(const char *name)
+{
+    static const struct {
+        const char *name;
+        uint8_t value;
+    } steps[] = {
+        {"no-client-cert", LADDER_NO_CLIENT_CERT_BIT},
+        {"tls12", LADDER_TLS12_BIT},
+        {"no-client-cert+tls12", LADDER_NO_CLIENT_CERT_BIT | LADDER_TLS12_BIT},
+        {"cleartext", LADDER_CLEARTEXT_BIT},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        if (strcmp(name, steps[i].name) == 0) {
+            return steps[i].value;
+        }
+    }
+    return 0;
 }

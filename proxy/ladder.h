@@ -66,4 +66,9 @@ bool ladder_decode(struct ladder_attempt *out, const struct ladder_config *c, ui
  * "no-client-cert+tls12" or "cleartext". */
 const char *ladder_name(const struct ladder_attempt *a);
 
+/* ladder_value_of_name is ladder_encode() of the attempt ladder_name() calls |name|:
+ * how the shared store keeps a remembered step readable. 0 when |name| is none of the
+ * steps ("tls" included: the first attempt is never remembered). */
+uint8_t ladder_value_of_name(const char *name);
+
 #endif

@@ -234,6 +234,12 @@ static void main_log_restart_needed(const struct conf *conf, const struct conf *
          !listener_same_addr(&conf->metrics_listen, &old->metrics_listen))) {
         strcat(restart, " [metrics]listen");
     }
+    if (conf->store.enabled != old->store.enabled ||
+        conf->store.timeout_ms != old->store.timeout_ms ||
+        strcmp(conf->store.prefix, old->store.prefix) != 0 ||
+        memcmp(&conf->store.redis, &old->store.redis, sizeof(conf->store.redis)) != 0) {
+        strcat(restart, " [store]");
+    }
     if (restart[0] != '\0') {
         log_warn(0, "reload-restart-needed", "keys=\"%s\" note=\"these take effect at restart\"",
                  restart + 1);
@@ -587,6 +593,9 @@ int main(int argc, char **argv)
         return 1;
     }
     unsigned n_workers = main_worker_count(conf);
+    shared.store.n_workers = n_workers;
+    /* store_up is 0 only for a configured store that is unreachable. */
+    metrics_gauge_set(METRICS_STORE_UP, conf->store.enabled ? 0 : 1);
 
     /* Every socket is bound before privileges are dropped and before any thread runs. */
     static int fds[MAIN_WORKERS_MAX][CONF_LISTEN_MAX];

@@ -27,6 +27,9 @@ struct metrics_series {
 };
 
 #define METRICS_SESSIONS_HELP "Sessions ended, by how they ended."
+#define METRICS_STORE_LOOKUPS_HELP                                                                 \
+    "Lookups in the shared store, by answer: found, absent, unanswered in time, or not "           \
+    "asked (unavailable)."
 #define METRICS_LIMITS_HELP "Clients refused over a per-client limit, by limit."
 #define METRICS_BYTES_HELP "Bytes received, from clients (in) and from upstreams (out)."
 #define METRICS_FRONT_STARTTLS_HELP                                                                \
@@ -138,6 +141,19 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
     /* PROXY_VERSION is the build's version, the one -V prints (CMakeLists.txt). */
     [METRICS_BUILD_INFO] = {"build_info", "version=\"" PROXY_VERSION "\"", METRICS_INFO,
                             "The proxy's version, as a label; the value is always 1."},
+    [METRICS_STORE_UP] = {"store_up", NULL, METRICS_GAUGE,
+                          "1 when every worker is connected to the [store] redis (or none is "
+                          "configured), 0 when it is configured and unreachable."},
+    [METRICS_STORE_OUTAGES] = {"store_outages_total", NULL, METRICS_COUNTER,
+                               "Times the [store] redis became unreachable."},
+    [METRICS_STORE_LOOKUPS_FOUND] = {"store_lookups_total", "result=\"found\"", METRICS_COUNTER,
+                                     METRICS_STORE_LOOKUPS_HELP},
+    [METRICS_STORE_LOOKUPS_ABSENT] = {"store_lookups_total", "result=\"absent\"", METRICS_COUNTER,
+                                      METRICS_STORE_LOOKUPS_HELP},
+    [METRICS_STORE_LOOKUPS_UNANSWERED] = {"store_lookups_total", "result=\"unanswered\"",
+                                          METRICS_COUNTER, METRICS_STORE_LOOKUPS_HELP},
+    [METRICS_STORE_LOOKUPS_UNAVAILABLE] = {"store_lookups_total", "result=\"unavailable\"",
+                                           METRICS_COUNTER, METRICS_STORE_LOOKUPS_HELP},
 };
 
 struct metrics_hist_info {

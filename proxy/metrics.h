@@ -67,6 +67,13 @@ enum metrics_counter {
     METRICS_BACK_REQUIRE_FAILURES,   /* back_tls_require_failures_total: require, no TLS */
     METRICS_FRONT_LEARNED_ENTRIES,   /* gauge front_learned_entries */
     METRICS_BACK_REMEMBERED_ENTRIES, /* gauge back_remembered_entries */
+    METRICS_STORE_UP,      /* gauge store_up: 1 unless [store] redis is configured and down */
+    METRICS_STORE_OUTAGES, /* store_outages_total: the store became unreachable */
+    /* store_lookups_total{result=...}: what the shared store answered sessions */
+    METRICS_STORE_LOOKUPS_FOUND,
+    METRICS_STORE_LOOKUPS_ABSENT,
+    METRICS_STORE_LOOKUPS_UNANSWERED,  /* not within [store] timeout, or the connection broke */
+    METRICS_STORE_LOOKUPS_UNAVAILABLE, /* not asked: not connected, or too busy */
     /* reloads_total{result=...}: SIGHUP reloads applied ("ok") or refused ("failed") */
     METRICS_RELOADS_OK,
     METRICS_RELOADS_FAILED,
@@ -92,7 +99,7 @@ enum metrics_histogram {
  * version in build_info, so that a new version number needs no edit here. A buffer this
  * size always holds the whole text; test_metrics checks that it matches metrics_render_max().
  */
-#define METRICS_RENDER_MAX (10141 + sizeof(PROXY_VERSION) - 1)
+#define METRICS_RENDER_MAX (11061 + sizeof(PROXY_VERSION) - 1)
 
 /* metrics_inc adds 1 to the counter |id|. */
 void metrics_inc(enum metrics_counter id);

@@ -134,6 +134,7 @@ static void session_log_end(const struct session *s, uint64_t duration_ms)
 
 static void session_free(struct session *s)
 {
+    session_learn_end(s);
     uint64_t duration_ms = session_now_ms(s) - s->started_ms;
     session_log_end(s, duration_ms);
     if (s->addrs != NULL) {
@@ -686,6 +687,21 @@ void session_on_back_connect(uv_connect_t *req, int status)
     session_unref(s); /* the request */
 }
 
+void session_on_client_known(void *arg, enum store_answer answer, const char *value)
+{
+    struct session *s = arg;
+    (void)value;
+    session_learn_client_answer(s, answer);
+    session_run(s);
+}
+
+void session_on_upstream_known(void *arg, enum store_answer answer, const char *value)
+{
+    struct session *s = arg;
+    session_learn_upstream_answer(s, answer, value);
+    session_run(s);
+}
+
 void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct session *s = req->data;
@@ -876,7 +892,7 @@ void session_start_back(struct session *s)
     if (!session_within_limits(s)) {
         return;
     }
-    session_front_decide_offer(s);
+    session_learn_start(s);
     session_enter(s, SESSION_OPENING);
     session_connect_start(s);
 }

@@ -63,11 +63,6 @@ const char *session_back_state_name(enum session_back_state state)
     return "?";
 }
 
-static uint64_t session_back_clock_ms(void)
-{
-    return uv_hrtime() / 1000000;
-}
-
 /* ---- what this connection tries ----------------------------------------------------------- */
 
 static struct ladder_config session_back_ladder_config(const struct session *s)
@@ -101,9 +96,8 @@ static void session_back_choose_attempt(struct session *s)
         return;
     }
     struct ladder_config cfg = session_back_ladder_config(s);
-    uint8_t value = 0;
-    if (!cfg.fallback ||
-        !learn_get(s->env->back_memory, &value, &s->back_sa.sa, session_back_clock_ms())) {
+    uint8_t value = cfg.fallback ? session_learn_upstream_step(s) : 0;
+    if (value == 0) {
         return;
     }
     s->remembered = value;
@@ -132,22 +126,7 @@ static void session_back_remember(struct session *s)
         s->runtime->back_ctx == NULL || s->replayed) {
         return;
     }
-    struct learn *memory = s->env->back_memory;
-    uint8_t value = ladder_encode(&s->attempt);
-    if (value == 0) {
-        if (s->remembered != 0) {
-            learn_remove_addr(memory, &s->back_sa.sa);
-        }
-        return;
-    }
-    if (value == s->remembered) {
-        return;
-    }
-    if (learn_add_value(memory, &s->back_sa.sa, session_back_clock_ms(), value)) {
-        log_info(s->id, "back-tls-remembered", "upstream=%s step=%s reason=\"%s\" ttl_ms=%" PRIu64,
-                 s->back_addr, ladder_name(&s->attempt), s->back_tls_reason,
-                 s->conf->back_tls.remember_failures_ms);
-    }
+    session_learn_upstream_worked(s);
 }
 
 /* ---- failures ------------------------------------------------------------------------------- */
@@ -317,6 +296,12 @@ static void session_back_negotiated(struct session *s, int code)
     switch (s->back_purpose) {
     case SESSION_BACK_FIRST:
     case SESSION_BACK_RETRY:
+        /* Counted here, not at the handshake: the negotiation may still fail after it
+         * (a TLS 1.3 alert after Finished, a 403 to the EHLO inside TLS) and end in
+         * cleartext. */
+        if (s->back.tls_active) {
+            metrics_inc(METRICS_BACK_TLS_USED);
+        }
         session_back_enter(s, SESSION_BACK_READY);
         session_replay_message_done(s); /* a transaction from here on may be replayed */
         session_front_answer_greeting(s, &s->reply, code);
@@ -800,7 +785,6 @@ static bool session_back_handshake(struct session *s)
         snprintf(s->back_tls_reason, sizeof(s->back_tls_reason), "step=%s",
                  ladder_name(&s->attempt));
     }
-    metrics_inc(METRICS_BACK_TLS_USED);
     metrics_observe(METRICS_BACK_HANDSHAKE_SECONDS,
                     (double)(session_now_ms(s) - s->tls_started_ms) / 1000.0);
     log_info(s->id, "back-tls", "upstream=%s version=%s cipher=%s step=%s", s->back_addr,
@@ -862,6 +846,7 @@ static void session_back_line(struct session *s, const char *line, size_t len, i
     if (s->back_state == SESSION_BACK_GREETING && s->back_purpose == SESSION_BACK_FIRST &&
         buf_len(&s->reply) == 0) {
         session_back_decide_policy(s, line, len);
+        session_learn_upstream_greeted(s);
     }
     if (buf_append(&s->reply, line, len, SMTP_EHLO_REPLY_MAX) != 0 ||
         buf_append(&s->reply, "\r\n", 2, SMTP_EHLO_REPLY_MAX) != 0) {

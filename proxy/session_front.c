@@ -137,27 +137,6 @@ static void session_reply_locally(struct session *s, enum session_local_reply lo
 
 /* ---- the client's identity and STARTTLS offer --------------------------------------------- */
 
-void session_front_decide_offer(struct session *s)
-{
-    const struct conf *c = s->conf;
-    const struct sockaddr *sa = &s->front_sa.sa;
-    if (c->front_tls.starttls == CONF_FRONT_STARTTLS_STRIP) {
-        s->front_starttls = SESSION_STARTTLS_NOT_OFFERED;
-        return;
-    }
-    bool hidden = false;
-    for (size_t i = 0; i < c->front_tls.n_never_offer_to && !hidden; i++) {
-        hidden = conf_cidr_match(&c->front_tls.never_offer_to[i], sa);
-    }
-    if (!hidden && c->front_tls.learn_failures &&
-        learn_contains(s->env->front_learned, sa, uv_hrtime() / 1000000)) {
-        hidden = true;
-        log_info(s->id, "front-tls-hidden", "client=%s reason=learned-failure", s->front_addr);
-    }
-    s->offer_starttls = !hidden;
-    s->front_starttls = hidden ? SESSION_STARTTLS_HIDDEN : SESSION_STARTTLS_OFFERED;
-}
-
 /*
  * session_front_proxy_header reads the load balancer's PROXY header (v1/v2): its source
  * address is the client's for logs, learning, policy and the identity sent upstream. A
@@ -637,7 +616,8 @@ bool session_front_in_content(const struct session *s)
 
 bool session_front_blocked(const struct session *s)
 {
-    if (s->state != SESSION_RELAY) {
+    /* The client's commands wait for what the shared store knows about the peers. */
+    if (s->state != SESSION_RELAY || session_learn_waiting(s)) {
         return true;
     }
     bool back_full = leg_unsent(&s->back) >= LEG_HIGH_WATER;
@@ -782,18 +762,7 @@ void session_front_tls_failed(struct session *s, const char *reason)
     s->front_starttls = SESSION_STARTTLS_FAILED;
     s->front_tls_error = reason;
     log_warn(s->id, "front-tls-failed", "client=%s reason=\"%s\"", s->front_addr, reason);
-    struct learn *learned = s->env->front_learned;
-    const struct conf *c = s->conf;
-    bool always = false;
-    for (size_t i = 0; i < c->front_tls.n_always_offer_to && !always; i++) {
-        always = conf_cidr_match(&c->front_tls.always_offer_to[i], &s->front_sa.sa);
-    }
-    if (c->front_tls.learn_failures && !always &&
-        learn_add(learned, &s->front_sa.sa, uv_hrtime() / 1000000)) {
-        metrics_inc(METRICS_FRONT_LEARNED);
-        log_info(s->id, "front-tls-learned", "client=%s ttl_ms=%" PRIu64 " entries=%zu",
-                 s->front_addr, c->front_tls.learn_ttl_ms, learn_count(learned));
-    }
+    session_learn_client_failed(s);
     session_finish(s, REASON_END_CLIENT_TLS_FAILED, NULL, NULL);
 }
 

@@ -35,6 +35,7 @@
 #include "leg.h"
 #include "reason.h"
 #include "smtp.h"
+#include "store.h"
 #include "tlsio.h"
 
 /* Commands forwarded or answered but not yet replied to; more wait in the input buffer. */
@@ -199,11 +200,14 @@ struct session {
     bool counted;        /* counted in env->n_connections */
     bool limits_exempt;  /* the client is in [limits] exempt */
     unsigned n_refused;  /* commands the proxy refused itself (the first few are logged) */
-    struct anvil_place anvil_place; /* our place among the client's sessions, if any */
-    bool lingering;                 /* front shut down for writing; reading to drain */
-    bool close_notified;            /* our close_notify is queued */
-    bool shutting_down;             /* closing because the process stops */
-    bool skip_sasl;                 /* SESSION_FRONT_SKIP_LINE: the line answers a 334 */
+    struct anvil_place anvil_place;       /* our place among the client's sessions, if any */
+    struct store_lookup *client_lookup;   /* the shared store is asked about the client */
+    struct store_lookup *upstream_lookup; /* ... and about the upstream's address */
+    bool upstream_asked;                  /* once per session */
+    bool lingering;                       /* front shut down for writing; reading to drain */
+    bool close_notified;                  /* our close_notify is queued */
+    bool shutting_down;                   /* closing because the process stops */
+    bool skip_sasl;                       /* SESSION_FRONT_SKIP_LINE: the line answers a 334 */
     enum session_front_starttls front_starttls;
     uint64_t front_injected;     /* bytes thrown away between STARTTLS and the handshake */
     const char *front_tls_error; /* static, or tlsio's reason (lives as long as front.tls) */
@@ -271,6 +275,8 @@ void session_deadline(struct session *s, uint64_t ms);
 void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b);
 void session_on_back_connect(uv_connect_t *req, int status);
 void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
+store_answer_fn session_on_client_known;
+store_answer_fn session_on_upstream_known;
 void session_on_back_closed(uv_handle_t *handle);
 void session_start_back(struct session *s);
 /* session_over_message_rate counts a MAIL against [limits] client_message_rate: true when
@@ -279,7 +285,6 @@ bool session_over_message_rate(struct session *s);
 
 /* session_front.c */
 void session_front_proxy_header(struct session *s);
-void session_front_decide_offer(struct session *s);
 bool session_front_process(struct session *s);
 bool session_front_blocked(const struct session *s);
 void session_front_eof(struct session *s);
@@ -316,6 +321,17 @@ void session_connect_done(struct session *s, int status);
 void session_connect_closed(struct session *s);
 void session_connect_reopen(struct session *s);
 void session_connect_unreachable(struct session *s);
+
+/* session_learn.c */
+void session_learn_start(struct session *s);
+void session_learn_client_answer(struct session *s, enum store_answer answer);
+void session_learn_client_failed(struct session *s);
+void session_learn_upstream_greeted(struct session *s);
+void session_learn_upstream_answer(struct session *s, enum store_answer answer, const char *value);
+uint8_t session_learn_upstream_step(struct session *s);
+void session_learn_upstream_worked(struct session *s);
+bool session_learn_waiting(const struct session *s);
+void session_learn_end(struct session *s);
 
 /* session_replay.c */
 void session_replay_note(struct session *s, enum smtp_verb verb, const char *line, size_t len);

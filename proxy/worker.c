@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics_http.h"
 #include "session.h"
+#include "store.h"
 
 static void worker_on_drain_timeout(uv_timer_t *timer)
 {
@@ -106,6 +107,9 @@ static void worker_on_wakeup(uv_async_t *async)
         /* Neither handle keeps the loop alive any more: it ends with its last session. */
         uv_unref((uv_handle_t *)&w->wakeup);
         uv_unref((uv_handle_t *)&w->drain_timer);
+        if (w->env.store != NULL) {
+            store_unref(w->env.store); /* it serves the sessions still open, no more */
+        }
     }
     uint64_t drain_ms = request == 2 ? 0 : w->env.runtime->conf->drain_timeout_ms;
     uv_timer_start(&w->drain_timer, worker_on_drain_timeout, drain_ms, 0);
@@ -121,7 +125,12 @@ static void worker_close_own_handles(struct worker *w)
     }
     uv_mutex_unlock(&w->wakeup_lock);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    if (w->env.store != NULL) {
+        store_close(w->env.store);
+    }
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    store_free(w->env.store);
+    w->env.store = NULL;
 }
 
 int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
@@ -170,7 +179,16 @@ int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
     const struct conf *conf = runtime->conf;
-    for (size_t i = 0; i < conf->n_listen; i++) {
+    if (conf->store.enabled) {
+        w->env.store = store_new(&w->loop, conf, &shared->store);
+        if (w->env.store == NULL) {
+            rc = UV_ENOMEM;
+            for (size_t i = 0; i < conf->n_listen; i++) {
+                close(fds[i]);
+            }
+        }
+    }
+    for (size_t i = 0; i < conf->n_listen && rc == 0; i++) {
         struct listener *l = listener_start(&w->env, &conf->listen[i], fds[i]);
         if (l == NULL) {
             for (size_t j = i + 1; j < conf->n_listen; j++) {

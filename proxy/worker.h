@@ -17,6 +17,7 @@
 #include "listener.h"
 #include "runtime.h"
 #include "session.h"
+#include "store.h"
 
 struct learn;
 struct metrics_http_server;
@@ -27,6 +28,7 @@ struct worker_shared {
     struct learn *front_learned;  /* clients whose handshake failed */
     struct learn *back_memory;    /* per upstream, the leg-2 fallback step that worked */
     struct anvil *anvil;          /* per-client abuse limits */
+    struct store_shared store;    /* the shared store's outage state, across workers */
     _Atomic unsigned connections; /* open sessions across all workers, for max_connections */
 };
 

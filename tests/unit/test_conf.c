@@ -615,10 +615,10 @@ static void test_unknown_names(void)
 {
     CHECK_ERRORS("[proxy]\nmode = forward\n[frontend]\nx = 1\n[log]\nlevle = info\n[empty]\n",
                  ":3: [frontend]: \"frontend\" is not a section; expected proxy, client_tls, "
-                 "upstream_tls, upstream_policy, timeouts, limits, log or metrics",
+                 "upstream_tls, upstream_policy, timeouts, limits, store, log or metrics",
                  ":6: levle: \"levle\" is not a key of [log]; expected level or format",
                  ":7: [empty]: \"empty\" is not a section; expected proxy, client_tls, "
-                 "upstream_tls, upstream_policy, timeouts, limits, log or metrics");
+                 "upstream_tls, upstream_policy, timeouts, limits, store, log or metrics");
     CHECK_ERRORS("[proxy]\nlisten_on = *:25\n",
                  ":2: listen_on: \"listen_on\" is not a key of [proxy]; expected listen, mode, "
                  "upstream, hostname, workers, max_connections, max_line_length, "
@@ -915,7 +915,7 @@ static void test_many_errors(void)
                  ":2: mode: \"fwd\" is not valid; expected forward or transparent",
                  ":3: workers: \"0\" is out of range; expected auto or a number from 1 to 256",
                  ":5: [tls]: \"tls\" is not a section; expected proxy, client_tls, upstream_tls, "
-                 "upstream_policy, timeouts, limits, log or metrics",
+                 "upstream_policy, timeouts, limits, store, log or metrics",
                  ":8: learn_ttl: \"1y\" is not valid; expected a duration from 1s to 365d "
                  "(suffix ms, s, m, h or d)",
                  ":11: connect: given twice, first on line 10",
@@ -1251,6 +1251,82 @@ static void test_policy_lookup(void)
     conf_free(conf);
 }
 
+/* [limits] and [store]: values, "off", the URL and its errors (never echoing a password),
+ * and the password file. */
+static void test_limits_and_store(void)
+{
+    struct conf *c = LOAD_OK("[limits]\nclient_sessions = off\nclient_session_rate = 30\n"
+                             "client_message_rate = 100\nwindow = 2s\nipv6_prefix = 48\n"
+                             "exempt = 192.0.2.0/24, 2001:db8::/32\nreserve = 0\n"
+                             "max_clients = 5\n");
+    if (c != NULL) {
+        CHECK_INT(c->limits.sessions, 0);
+        CHECK_INT(c->limits.session_rate, 30);
+        CHECK_INT(c->limits.message_rate, 100);
+        CHECK_INT(c->limits.window_ms, 2000);
+        CHECK_INT(c->limits.ipv6_prefix, 48);
+        CHECK_INT(c->limits.n_exempt, 2);
+        CHECK_INT(c->limits.reserve, 0);
+        CHECK_INT(c->limits.max_clients, 5);
+        CHECK(!c->store.enabled);
+        CHECK_INT(c->store.timeout_ms, 50);
+        CHECK_STR(c->store.prefix, "smtp-tls-proxy:");
+    }
+    conf_free(c);
+    CHECK_ERRORS("[limits]\nipv6_prefix = 8\nwindow = 500ms\nclient_sessions = 0\n",
+                 ":2: ipv6_prefix: \"8\" is out of range; expected a number from 16 to 128",
+                 ":3: window: \"500ms\" is out of range; expected a duration from 1s to 1d "
+                 "(suffix ms, s, m, h or d)",
+                 ":4: client_sessions: \"0\" is out of range; expected off or a number from 1 "
+                 "to 1000000");
+
+    c = LOAD_OK("[store]\nredis = redis://proxy:pa%24s@redis.internal:6380/3\ntimeout = 5ms\n"
+                "prefix = mx-fleet/a:\n");
+    if (c != NULL) {
+        CHECK(c->store.enabled);
+        CHECK_STR(c->store.redis.host, "redis.internal");
+        CHECK_INT(c->store.redis.port, 6380);
+        CHECK_INT(c->store.redis.db, 3);
+        CHECK_STR(c->store.redis.user, "proxy");
+        CHECK_STR(c->store.redis.password, "pa$s");
+        CHECK_INT(c->store.timeout_ms, 5);
+        CHECK_STR(c->store.prefix, "mx-fleet/a:");
+    }
+    conf_free(c);
+    /* Errors name the problem; the value (which may hold a password) is not repeated. */
+    CHECK_ERRORS("[store]\nredis = redis://user:hunter2@\nprefix = a b\ntimeout = 0\n",
+                 ":2: redis: the URL has no host",
+                 ":3: prefix: \"a b\" is not valid; expected 1 to 64 letters, digits and "
+                 "\":_.-/\"",
+                 ":4: timeout: \"0\" is out of range; expected a duration from 1ms to 10s "
+                 "(suffix ms, s, m, h or d)");
+    CHECK_ERRORS("[store]\nredis = rediss://h\n", ":2: redis: the URL is not a redis:// URL "
+                                                  "(redis://[[user]:password@]host[:port][/db])");
+
+    char *secret = write_file("s3cret\nignored\n");
+    char text[512];
+    snprintf(text, sizeof(text), "[store]\nredis = redis://redis\npassword_file = %s\n", secret);
+    c = LOAD_OK(text);
+    if (c != NULL) {
+        CHECK_STR(c->store.redis.password, "s3cret");
+    }
+    conf_free(c);
+    snprintf(text, sizeof(text), "[store]\npassword_file = %s\n", secret);
+    CHECK_ERRORS(text, ":2: password_file: is given without redis; expected both or neither");
+    unlink(secret);
+    free(secret);
+    char *empty = write_file("\n");
+    snprintf(text, sizeof(text), "[store]\nredis = redis://redis\npassword_file = %s\n", empty);
+    char want[512];
+    snprintf(want, sizeof(want),
+             ":3: password_file: \"%s\" must hold the password on its first line, 1 to 255 "
+             "bytes",
+             empty);
+    CHECK_ERRORS(text, want);
+    unlink(empty);
+    free(empty);
+}
+
 int main(void)
 {
     test_policy_lookup();
@@ -1277,5 +1353,6 @@ int main(void)
     test_parse_addr();
     test_parse_cidr();
     test_cidr_match();
+    test_limits_and_store();
     return check_exit("test_conf");
 }

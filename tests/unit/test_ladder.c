@@ -77,6 +77,18 @@ static void test_names(void)
                                    .max_tls12 = names[i].max_tls12,
                                    .cleartext = names[i].cleartext};
         CHECK_STR(ladder_name(&a), names[i].name);
+        /* The name read back (the shared store keeps names) is the same step: exact for
+         * the TLS steps, cleartext alone for any cleartext attempt. */
+        struct ladder_attempt canonical = {.no_client_cert = !a.cleartext && a.no_client_cert,
+                                           .max_tls12 = !a.cleartext && a.max_tls12,
+                                           .cleartext = a.cleartext};
+        CHECK_INT(ladder_value_of_name(names[i].name), ladder_encode(&canonical));
+    }
+    static const char *const unknown[] = {
+        "", "tls", "TLS12", "cleartext ", " cleartext", "tls12+no-client-cert", "no-client-cert+",
+        "1"};
+    for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
+        CHECK_INT(ladder_value_of_name(unknown[i]), 0);
     }
 }
 

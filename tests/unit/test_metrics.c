@@ -230,8 +230,8 @@ static void test_render(void)
     int lines;
     int families;
     check_shape(text, len, &lines, &families);
-    CHECK_INT(families, 21);
-    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 21 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
+    CHECK_INT(families, 24);
+    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 24 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
 
     /* The start of the text, exactly. */
     const char *head =
@@ -266,6 +266,10 @@ static void test_render(void)
     CHECK_INT(metrics_get(METRICS_BUILD_INFO), 1);
 
     const char *want[] = {
+        P "store_up 0",
+        P "store_outages_total 0",
+        P "store_lookups_total{result=\"found\"} 0",
+        P "store_lookups_total{result=\"unavailable\"} 0",
         P "sessions_total{end=\"upstream-lost\"} 1",
         P "sessions_total{end=\"other\"} 0",
         P "bytes_total{direction=\"in\"} 0",
