@@ -1,8 +1,7 @@
-"""Shared pieces of the leg-2 TLS tests (test_back_tls*.py): certificates, the fake TLS
-upstream fixture, the proxy's config for these tests, real clients (smtplib, swaks), and
-checks on the session line.
-
-Import the fixtures into a test module with `from back_tls_support import *`.
+"""Shared pieces of the leg-2 TLS tests (test_back_tls*.py, test_hostile.py,
+test_metrics.py, test_combinations.py): the proxy's config for these tests, real clients
+(smtplib, swaks), and checks on the fake upstream's records and on the session line. Their
+fixtures (back_certs, make_tls_fake) are in conftest.py.
 """
 
 import re
@@ -11,13 +10,8 @@ import ssl
 import subprocess
 import time
 
-import pytest
-
 import fake_tls_upstream as fake
 import harness
-
-# `from back_tls_support import *` brings in the fixtures only.
-__all__ = ["back_certs", "make_tls_fake"]
 
 FROM = "sender@client.test"
 TO = "rcpt@upstream.test"
@@ -41,55 +35,6 @@ REMEMBER_TTL = 2.0
 
 def body(tag="1"):
     return BODY % tag.encode()
-
-
-# --------------------------------------------------------------------------------------
-# Fixtures
-# --------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def back_certs(tmp_path_factory):
-    """Certificates made once with the openssl CLI:
-      self_localhost   self-signed, CN/SAN localhost (EC)
-      self_rsa         self-signed, CN/SAN localhost (RSA, for the DHE-RSA server)
-      ca               a test CA; ca_localhost / ca_other: leaves for localhost and
-                       other.example signed by it
-      other_ca         a CA that signed nothing the proxy presents
-      client_ca, client  the proxy's client certificate (signed by client_ca)
-    """
-    d = str(tmp_path_factory.mktemp("back-certs"))
-    ca = fake.make_ca(d, "Back Test CA")
-    client_ca = fake.make_ca(d, "Client CA")
-    return {
-        "self_localhost": fake.make_self_signed(d, "localhost"),
-        "self_rsa": fake.make_self_signed(d, "localhost", "rsa"),
-        "ca": ca,
-        "ca_localhost": fake.make_signed(d, "localhost", ca),
-        "ca_other": fake.make_signed(d, "other.example", ca),
-        "other_ca": fake.make_ca(d, "Other CA"),
-        "client_ca": client_ca,
-        "client": fake.make_signed(d, "proxy-client.test", client_ca, client=True),
-    }
-
-
-@pytest.fixture
-def make_tls_fake(back_certs):
-    """make_tls_fake(mode="tls-ok", cert=None, **options) -> a started TlsFakeUpstream,
-    stopped at teardown (after the proxy: the fixture is requested before make_proxy)."""
-    started = []
-
-    def make(mode="tls-ok", cert=None, **options):
-        cert = cert or back_certs["self_localhost"]
-        options.setdefault("other_ca", back_certs["other_ca"][0])
-        options.setdefault("rsa_cert", back_certs["self_rsa"])
-        up = fake.TlsFakeUpstream(cert[0], cert[1], mode=mode, **options)
-        up.start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
 
 
 def back_extra(upstream_tls=None, policy=None, timeouts=None, client_tls=None):

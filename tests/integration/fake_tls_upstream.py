@@ -40,11 +40,9 @@ and whether the client presented a certificate, the handshake error, and every d
 message with the transport it came over.
 """
 
-import os
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 
@@ -58,60 +56,6 @@ MODES = ("tls-ok", "refuse-454", "refuse-502", "starttls-garbage", "cert-require
 
 TLS_VERSION_NAMES = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2",
                      0x0304: "TLSv1.3"}
-
-
-# --------------------------------------------------------------------------------------
-# Certificates (openssl CLI)
-# --------------------------------------------------------------------------------------
-
-def _run_openssl(args):
-    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
-
-
-def make_ca(directory, name="Test CA"):
-    """A self-signed CA (P-256): (cert, key) paths."""
-    stem = name.replace(" ", "-").lower()
-    cert = os.path.join(directory, f"{stem}.crt.pem")
-    key = os.path.join(directory, f"{stem}.key.pem")
-    _run_openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                  "-nodes", "-days", "2", "-subj", f"/CN={name}",
-                  "-addext", "basicConstraints=critical,CA:TRUE",
-                  "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                  "-keyout", key, "-out", cert])
-    return cert, key
-
-
-def make_signed(directory, name, ca, kind="ec", client=False):
-    """A leaf certificate for |name| (CN and DNS subjectAltName) signed by |ca| (cert, key):
-    (cert, key) paths. |kind| "ec" (P-256) or "rsa" (2048)."""
-    stem = f"{name}-{kind}-by-{os.path.basename(ca[0]).split('.')[0]}"
-    cert = os.path.join(directory, f"{stem}.crt.pem")
-    key = os.path.join(directory, f"{stem}.key.pem")
-    csr = os.path.join(directory, f"{stem}.csr.pem")
-    ext = os.path.join(directory, f"{stem}.ext")
-    newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ec"
-              else ["-newkey", "rsa:2048"])
-    _run_openssl(["req", "-new", *newkey, "-nodes", "-subj", f"/CN={name}",
-                  "-keyout", key, "-out", csr])
-    usage = "clientAuth" if client else "serverAuth"
-    with open(ext, "w") as f:
-        f.write(f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"
-                f"extendedKeyUsage={usage}\n")
-    _run_openssl(["x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1],
-                  "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", cert])
-    return cert, key
-
-
-def make_self_signed(directory, name, kind="ec"):
-    stem = f"{name}-{kind}-self"
-    cert = os.path.join(directory, f"{stem}.crt.pem")
-    key = os.path.join(directory, f"{stem}.key.pem")
-    newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ec"
-              else ["-newkey", "rsa:2048"])
-    _run_openssl(["req", "-x509", *newkey, "-nodes", "-days", "2", "-subj", f"/CN={name}",
-                  "-addext", f"subjectAltName=DNS:{name}", "-keyout", key, "-out", cert])
-    return cert, key
 
 
 # --------------------------------------------------------------------------------------

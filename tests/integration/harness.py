@@ -90,6 +90,40 @@ def fmt_addr(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class Started:
+    """What one fixture started (proxies, upstreams, clients), stopped at its teardown.
+
+    add(obj) remembers |obj| and returns it. stop_all() calls |stop|(obj) (default
+    obj.stop()) for each, in the order they were added, every one of them even when one
+    fails an assertion, and then raises those failures together. A fixture:
+
+        started = harness.Started()
+        yield lambda **options: started.add(harness.FakeUpstream(**options).start())
+        started.stop_all()
+    """
+
+    def __init__(self, stop=None):
+        self._stop = stop or (lambda obj: obj.stop())
+        self.items = []
+
+    def add(self, obj):
+        self.items.append(obj)
+        return obj
+
+    def __len__(self):
+        return len(self.items)
+
+    def stop_all(self):
+        errors = []
+        items, self.items = self.items, []
+        for obj in items:
+            try:
+                self._stop(obj)
+            except AssertionError as e:
+                errors.append(str(e))
+        assert not errors, "\n\n".join(errors)
+
+
 # --------------------------------------------------------------------------------------
 # The proxy process
 # --------------------------------------------------------------------------------------
@@ -220,6 +254,17 @@ class Proxy:
         for marker in SANITIZER_MARKERS:
             assert marker not in text, f"sanitizer report in proxy stderr:\n{text[-6000:]}"
         assert rc == 0, f"proxy exit status {rc}; stderr:\n{text[-4000:]}"
+
+    def finish(self):
+        """The end of a test: stop() a proxy that still runs, check_clean() one that exited
+        already; the process is gone afterwards, also when a check fails."""
+        try:
+            if self.proc is not None and self.returncode is None:
+                self.stop()
+            elif self.proc is not None:
+                self.check_clean(self.returncode)
+        finally:
+            self.kill()
 
     # --- log helpers -------------------------------------------------------------------
 
@@ -467,40 +512,66 @@ def make_tls_context(cert, key):
     return ctx
 
 
-def make_self_signed(directory):
-    cert = os.path.join(directory, "cert.pem")
-    key = os.path.join(directory, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-keyout", key, "-out", cert],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# --------------------------------------------------------------------------------------
+# Certificates made with the openssl CLI (both legs); TLS for leg 1: client contexts,
+# s_client
+# --------------------------------------------------------------------------------------
+
+def _openssl(*args):
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+
+
+def _newkey(kind):
+    if kind == "ec":
+        return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    if kind == "rsa":
+        return ["-newkey", "rsa:2048"]
+    raise ValueError(kind)
+
+
+def make_cert(directory, name, kind="ec", stem=None, days=2, ca=None, client=False):
+    """A certificate made with the openssl CLI: |kind| "ec" (P-256) or "rsa" (2048 bits),
+    subject /CN=|name|, subjectAltName DNS:|name|. Self-signed; or, with |ca| (a (cert, key)
+    pair from make_ca), a leaf signed by that CA (CA:FALSE, extendedKeyUsage serverAuth, or
+    clientAuth with |client|).
+
+    Returns (cert_path, key_path), both PEM, in |directory| (named after |stem|, default
+    "|name|-|kind|", or "|name|-|kind|-by-<the CA's file name>" for a signed one).
+    """
+    if ca is None:
+        stem = stem or f"{name}-{kind}"
+    else:
+        stem = stem or f"{name}-{kind}-by-{os.path.basename(ca[0]).split('.')[0]}"
+    cert = os.path.join(directory, f"{stem}.crt.pem")
+    key = os.path.join(directory, f"{stem}.key.pem")
+    if ca is None:
+        _openssl("req", "-x509", *_newkey(kind), "-nodes", "-days", str(days),
+                 "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                 "-keyout", key, "-out", cert)
+        return cert, key
+    csr = os.path.join(directory, f"{stem}.csr.pem")
+    ext = os.path.join(directory, f"{stem}.ext")
+    _openssl("req", "-new", *_newkey(kind), "-nodes", "-subj", f"/CN={name}",
+             "-keyout", key, "-out", csr)
+    usage = "clientAuth" if client else "serverAuth"
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"
+                f"extendedKeyUsage={usage}\n")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+             "-days", str(days), "-extfile", ext, "-out", cert)
     return cert, key
 
 
-# --------------------------------------------------------------------------------------
-# TLS for leg 1: certificates made with the openssl CLI, client contexts, s_client
-# --------------------------------------------------------------------------------------
-
-def make_cert(directory, name, kind="ec", stem=None, days=2):
-    """A self-signed certificate made with the openssl CLI: |kind| "ec" (P-256) or "rsa"
-    (2048 bits), subject /CN=|name|, subjectAltName DNS:|name|.
-
-    Returns (cert_path, key_path), both PEM, in |directory| (named after |stem|, default
-    "|name|-|kind|").
-    """
-    stem = stem or f"{name}-{kind}"
+def make_ca(directory, name="Test CA"):
+    """A self-signed CA (P-256, openssl CLI) for make_cert(ca=...): (cert, key) paths."""
+    stem = name.replace(" ", "-").lower()
     cert = os.path.join(directory, f"{stem}.crt.pem")
     key = os.path.join(directory, f"{stem}.key.pem")
-    if kind == "ec":
-        newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
-    elif kind == "rsa":
-        newkey = ["-newkey", "rsa:2048"]
-    else:
-        raise ValueError(kind)
-    subprocess.run(["openssl", "req", "-x509", *newkey, "-nodes", "-days", str(days),
-                    "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
-                    "-keyout", key, "-out", cert],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _openssl("req", "-x509", *_newkey("ec"), "-nodes", "-days", "2", "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-keyout", key, "-out", cert)
     return cert, key
 
 
@@ -511,10 +582,6 @@ def make_cert_chain(directory, name):
     intermediate (what a server must send); a client trusting root_path only can verify
     the leaf just when the intermediate is sent too.
     """
-    def run(*args, stdin=None):
-        subprocess.run(["openssl", *args], check=True, input=stdin, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)
-
     def path(stem):
         return os.path.join(directory, f"{name}-{stem}")
 
@@ -523,24 +590,24 @@ def make_cert_chain(directory, name):
             f.write(text)
         return path(stem)
 
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ec = [*_newkey("ec"), "-nodes"]
     ca_ext = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
-    run("req", "-x509", *ec, "-days", "2", "-subj", "/CN=Test Root " + name,
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout", path("root.key"), "-out", path("root.pem"))
-    run("req", "-new", *ec, "-subj", "/CN=Test Intermediate " + name,
-        "-keyout", path("int.key"), "-out", path("int.csr"))
-    run("x509", "-req", "-in", path("int.csr"), "-CA", path("root.pem"),
-        "-CAkey", path("root.key"), "-set_serial", "2", "-days", "2",
-        "-extfile", ext_file("int.ext", ca_ext), "-out", path("int.pem"))
-    run("req", "-new", *ec, "-subj", "/CN=" + name,
-        "-keyout", path("leaf.key"), "-out", path("leaf.csr"))
+    _openssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=Test Root " + name,
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-keyout", path("root.key"), "-out", path("root.pem"))
+    _openssl("req", "-new", *ec, "-subj", "/CN=Test Intermediate " + name,
+             "-keyout", path("int.key"), "-out", path("int.csr"))
+    _openssl("x509", "-req", "-in", path("int.csr"), "-CA", path("root.pem"),
+             "-CAkey", path("root.key"), "-set_serial", "2", "-days", "2",
+             "-extfile", ext_file("int.ext", ca_ext), "-out", path("int.pem"))
+    _openssl("req", "-new", *ec, "-subj", "/CN=" + name,
+             "-keyout", path("leaf.key"), "-out", path("leaf.csr"))
     leaf_ext = (f"subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\n"
                 "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
-    run("x509", "-req", "-in", path("leaf.csr"), "-CA", path("int.pem"),
-        "-CAkey", path("int.key"), "-set_serial", "3", "-days", "2",
-        "-extfile", ext_file("leaf.ext", leaf_ext), "-out", path("leaf.pem"))
+    _openssl("x509", "-req", "-in", path("leaf.csr"), "-CA", path("int.pem"),
+             "-CAkey", path("int.key"), "-set_serial", "3", "-days", "2",
+             "-extfile", ext_file("leaf.ext", leaf_ext), "-out", path("leaf.pem"))
     with open(path("chain.pem"), "wb") as out:
         for stem in ("leaf.pem", "int.pem"):
             with open(path(stem), "rb") as f:

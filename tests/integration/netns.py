@@ -593,7 +593,7 @@ class GwProxies:
         self.proxy_bin = proxy_bin
         self.workdir = workdir
         self.topo = topo
-        self.started = []
+        self.started = harness.Started(stop=lambda p: p.finish())
 
     def start(self, extra=None, port=PROXY_PORT, listen=None, start=True):
         if listen is None:
@@ -604,24 +604,11 @@ class GwProxies:
         sections = harness.base_sections(listen, IGNORED_UPSTREAM,
                                          harness.merge_sections(base, extra))
         n = len(self.started) + 1
-        p = NsProxy(self.topo, "gw", self.proxy_bin, self.workdir, sections, [port],
-                    name="proxy" if n == 1 else f"proxy{n}")
-        self.started.append(p)
+        p = self.started.add(NsProxy(self.topo, "gw", self.proxy_bin, self.workdir, sections,
+                                     [port], name="proxy" if n == 1 else f"proxy{n}"))
         if start:
             p.start()
         return p
 
     def stop_all(self):
-        errors = []
-        for p in self.started:
-            try:
-                if p.proc is not None and p.returncode is None:
-                    p.stop()
-                elif p.proc is not None:
-                    p.check_clean(p.returncode)
-            except AssertionError as e:
-                errors.append(str(e))
-            finally:
-                p.kill()
-        self.started = []
-        assert not errors, "\n\n".join(errors)
+        self.started.stop_all()

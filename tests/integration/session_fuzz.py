@@ -2401,7 +2401,7 @@ class Runner:
         self.counts = {}        # key -> occurrences
         self.sessions = 0
         self.proxy_runs = 0
-        self.cert = harness.make_self_signed(workdir)
+        self.cert = harness.make_cert(workdir, "localhost")
         self.proxy = None
         self.upstream = None
         self.coverage = {}

@@ -17,7 +17,6 @@ import re
 import pytest
 
 import harness
-from back_tls_support import back_certs, make_tls_fake  # noqa: F401  (pytest fixtures)
 from back_tls_support import (CLIENT_NAME, FROM, TO, assert_back_cleartext, assert_back_tls,
                               assert_delivered_once, assert_normal_session,
                               assert_proxy_commands_sane, back_extra, body, smtplib_send,

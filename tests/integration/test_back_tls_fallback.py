@@ -23,7 +23,6 @@ import time
 import pytest
 
 import harness
-from back_tls_support import back_certs, make_tls_fake  # noqa: F401  (pytest fixtures)
 from back_tls_support import (REMEMBER_TTL, assert_back_cleartext, assert_back_tls,
                               assert_delivered_once, assert_normal_session,
                               assert_proxy_commands_sane, assert_swaks_normal, back_extra,

@@ -40,7 +40,6 @@ import time
 import pytest
 
 import harness
-from back_tls_support import back_certs, make_tls_fake  # noqa: F401  (pytest fixtures)
 from back_tls_support import back_extra, body, smtplib_send, wait_session_lines
 from harness import SmtpConn, wait_for
 

@@ -35,7 +35,6 @@ Needs root (Postfix's master, network namespaces); skips without it.
 
 import re
 import smtplib
-import socket
 import struct
 import time
 
@@ -52,7 +51,7 @@ pytestmark = pytest.mark.skipif(not netns.is_root(),
 
 BODY = (b"From: legacy@client.test\r\nTo: b@mx.test\r\nSubject: identity\r\n\r\n"
         b"who am I?\r\n" + b"y" * 500 + b"\r\nend\r\n")
-V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+V2_SIG = harness.PROXY_V2_SIG
 LB_CLIENT4 = "192.0.2.10"        # client addresses a load balancer announces (only bytes
 LB_CLIENT6 = "2001:db8:1::10"    # in a header: nothing is ever sent to them)
 LB_DEST4 = "198.51.100.25"
@@ -475,36 +474,6 @@ def test_postfix_logs_client_via_xclient(make_postfix, make_proxy, connect, fam)
 # --------------------------------------------------------------------------------------
 # upstream_identity = spoof, transparent mode with TPROXY, in network namespaces
 # --------------------------------------------------------------------------------------
-
-@pytest.fixture
-def topo():
-    with netns.Topology() as t:
-        yield t
-
-
-@pytest.fixture
-def ns_servers(topo, tls_files):
-    started = []
-
-    def make(host, tls=False):
-        with topo.entered("server"):
-            ctx = harness.make_tls_context(*tls_files) if tls else None
-            up = netns.AioUpstream25(host, tls_context=ctx)
-            up.start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
-
-
-@pytest.fixture
-def gw_proxy(proxy_bin, tmp_path, topo):
-    proxies = netns.GwProxies(proxy_bin, str(tmp_path), topo)
-    yield proxies.start
-    proxies.stop_all()
-
 
 @pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
 @pytest.mark.parametrize("fam", [4, 6])

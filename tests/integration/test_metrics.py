@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 
 import harness
-from back_tls_support import *  # noqa: F401,F403 (fixtures: make_tls_fake, back_certs)
 from back_tls_support import body, smtplib_send
 
 

@@ -34,7 +34,7 @@ import pytest
 
 import harness
 import netns
-from netns import ADDRS, AioUpstream25, FakeUpstream25, GwProxies, RelayDouble
+from netns import ADDRS, RelayDouble
 
 pytestmark = pytest.mark.skipif(not netns.is_root(),
                                 reason="needs root for network namespaces and iptables")
@@ -46,54 +46,16 @@ BODY = (b"From: legacy@client.test\r\nTo: someone@mx.test\r\nSubject: intercepte
 
 
 @pytest.fixture
-def topo():
-    with netns.Topology() as t:
-        yield t
-
-
-@pytest.fixture
-def servers(topo, tls_files):
-    """servers(host, tls=False, kind="aio"|"fake", **options): an SMTP server on host:25
-    in the server namespace, stopped at teardown (before the namespaces go)."""
-    started = []
-
-    def make(host, tls=False, kind="aio", **options):
-        with topo.entered("server"):
-            if kind == "aio":
-                ctx = harness.make_tls_context(*tls_files) if tls else None
-                up = AioUpstream25(host, tls_context=ctx)
-            else:
-                up = FakeUpstream25(host, **options)
-            up.start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
-
-
-@pytest.fixture
-def gw_proxy(proxy_bin, tmp_path, topo):
-    """gw_proxy(extra=None) -> the real proxy started in the gateway namespace."""
-    proxies = GwProxies(proxy_bin, str(tmp_path), topo)
-    yield proxies.start
-    proxies.stop_all()
-
-
-@pytest.fixture
 def relay_double(topo):
-    made = []
+    """relay_double(mode, spoof=False) -> a started netns.RelayDouble in the gateway."""
+    started = harness.Started()
 
     def make(mode, spoof=False):
         with topo.entered("gw"):
-            r = RelayDouble(PROXY_PORT, mode, spoof=spoof).start()
-        made.append(r)
-        return r
+            return started.add(RelayDouble(PROXY_PORT, mode, spoof=spoof).start())
 
     yield make
-    for r in made:
-        r.stop()
+    started.stop_all()
 
 
 def intercept(topo, how):
@@ -141,11 +103,11 @@ def fail_context(topo, proxy=None):
 # --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fam", [4, 6])
-def test_topology_direct(topo, servers, fam):
+def test_topology_direct(topo, ns_servers, fam):
     """Without rules, the client reaches the server directly and is seen with its own
     address."""
     a = ADDRS[fam]
-    up = servers(a["server"], kind="fake")
+    up = ns_servers(a["server"], kind="fake")
     c = netns.connect_from(topo, "client", a["server"], 25)
     assert c.greeting().code == 220
     c.ehlo("legacy.test")
@@ -156,11 +118,11 @@ def test_topology_direct(topo, servers, fam):
 
 
 @pytest.mark.parametrize("fam", [4, 6])
-def test_topology_redirect_double(topo, servers, relay_double, fam):
+def test_topology_redirect_double(topo, ns_servers, relay_double, fam):
     """REDIRECT sends the client's port-25 connection to the relay double in the gateway,
     which finds the original destination with SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST)."""
     a = ADDRS[fam]
-    up = servers(a["server"], kind="fake")
+    up = ns_servers(a["server"], kind="fake")
     intercept(topo, "redirect")
     relay = relay_double("redirect")
     c = netns.connect_from(topo, "client", a["server"], 25)
@@ -177,11 +139,11 @@ def test_topology_redirect_double(topo, servers, relay_double, fam):
 
 
 @pytest.mark.parametrize("fam", [4, 6])
-def test_topology_tproxy_double(topo, servers, relay_double, fam):
+def test_topology_tproxy_double(topo, ns_servers, relay_double, fam):
     """TPROXY hands the connection to the relay double's IP_TRANSPARENT listener; the
     accepted socket's local address is the original destination."""
     a = ADDRS[fam]
-    up = servers(a["server"], kind="fake")
+    up = ns_servers(a["server"], kind="fake")
     intercept(topo, "tproxy")
     relay = relay_double("tproxy")
     c = netns.connect_from(topo, "client", a["server"], 25)
@@ -197,11 +159,11 @@ def test_topology_tproxy_double(topo, servers, relay_double, fam):
 
 
 @pytest.mark.parametrize("fam", [4, 6])
-def test_topology_spoof_double(topo, servers, relay_double, fam):
+def test_topology_spoof_double(topo, ns_servers, relay_double, fam):
     """TPROXY plus the spoof return path: the relay double connects from the client's own
     address (IP_TRANSPARENT bind) and the server's replies reach it."""
     a = ADDRS[fam]
-    up = servers(a["server"], kind="fake")
+    up = ns_servers(a["server"], kind="fake")
     intercept(topo, "tproxy")
     topo.spoof_return_path()
     relay = relay_double("tproxy", spoof=True)
@@ -220,11 +182,11 @@ def test_topology_spoof_double(topo, servers, relay_double, fam):
 # --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fam", [4, 6])
-def test_redirect_delivers_to_original_destination(topo, servers, gw_proxy, fam):
+def test_redirect_delivers_to_original_destination(topo, ns_servers, gw_proxy, fam):
     """REDIRECT: the message reaches the MX the client addressed, byte for byte; leg 2
     originates STARTTLS (the MX offers it); leg 1 strips it."""
     a = ADDRS[fam]
-    up = servers(a["server"], tls=True)
+    up = ns_servers(a["server"], tls=True)
     intercept(topo, "redirect")
     proxy = gw_proxy()
     port, features = send_one(topo, a["server"])
@@ -241,10 +203,10 @@ def test_redirect_delivers_to_original_destination(topo, servers, gw_proxy, fam)
 
 
 @pytest.mark.parametrize("fam", [4, 6])
-def test_tproxy_delivers_to_original_destination(topo, servers, gw_proxy, fam):
+def test_tproxy_delivers_to_original_destination(topo, ns_servers, gw_proxy, fam):
     """TPROXY: the same, towards an MX without STARTTLS (leg 2 stays in cleartext)."""
     a = ADDRS[fam]
-    up = servers(a["server"], kind="fake")
+    up = ns_servers(a["server"], kind="fake")
     intercept(topo, "tproxy")
     proxy = gw_proxy()
     port, features = send_one(topo, a["server"])
@@ -260,11 +222,11 @@ def test_tproxy_delivers_to_original_destination(topo, servers, gw_proxy, fam):
 
 
 @pytest.mark.parametrize("how", ["redirect", "tproxy"])
-def test_each_session_goes_to_its_own_destination(topo, servers, gw_proxy, how):
+def test_each_session_goes_to_its_own_destination(topo, ns_servers, gw_proxy, how):
     """Three MX addresses (two IPv4, one IPv6) behind one proxy: every message reaches the
     address its client connected to, and no other."""
     hosts = [ADDRS[4]["server"], ADDRS[4]["server_b"], ADDRS[6]["server_b"]]
-    ups = {h: servers(h, kind="fake") for h in hosts}
+    ups = {h: ns_servers(h, kind="fake") for h in hosts}
     intercept(topo, how)
     proxy = gw_proxy()
     for i, h in enumerate(hosts):
@@ -282,12 +244,12 @@ def test_each_session_goes_to_its_own_destination(topo, servers, gw_proxy, how):
 
 @pytest.mark.parametrize("how", ["redirect", "tproxy"])
 @pytest.mark.parametrize("fam", [4, 6])
-def test_loop_to_own_listener_refused(topo, servers, gw_proxy, how, fam):
+def test_loop_to_own_listener_refused(topo, ns_servers, gw_proxy, how, fam):
     """A connection whose original destination is the proxy's own listener (the client
     connects straight to the gateway's address on the proxy's port): 421, close, a
     "loop-refused" line, and no upstream connection."""
     a = ADDRS[fam]
-    up = servers(a["server"], kind="fake")
+    up = ns_servers(a["server"], kind="fake")
     intercept(topo, how)
     # Bounded, in case the proxy connects to itself instead of refusing.
     proxy = gw_proxy({"proxy": {"max_connections": "20"}})
@@ -302,10 +264,10 @@ def test_loop_to_own_listener_refused(topo, servers, gw_proxy, how, fam):
     assert len(up.connections) == 1
 
 
-def test_unreachable_destination_gets_421(topo, servers, gw_proxy):
+def test_unreachable_destination_gets_421(topo, ns_servers, gw_proxy):
     """The original destination refuses the connection (nothing listens on port 25 of
     that address): the client gets a 421 instead of a greeting, never a hang."""
-    servers(ADDRS[4]["server"], kind="fake")  # on .25; .26 has nothing on port 25
+    ns_servers(ADDRS[4]["server"], kind="fake")  # on .25; .26 has nothing on port 25
     intercept(topo, "redirect")
     proxy = gw_proxy({"timeouts": {"connect": "5s"}})
     c = netns.connect_from(topo, "client", ADDRS[4]["server_b"], 25)
@@ -316,11 +278,11 @@ def test_unreachable_destination_gets_421(topo, servers, gw_proxy):
                      upstream=fmt(ADDRS[4]["server_b"], 25))
 
 
-def test_upstream_setting_is_ignored(topo, servers, gw_proxy):
+def test_upstream_setting_is_ignored(topo, ns_servers, gw_proxy):
     """`upstream` (set here to an address where nothing listens) plays no part in
     transparent mode: a session is relayed to its original destination."""
     a = ADDRS[4]
-    up = servers(a["server"], kind="fake")
+    up = ns_servers(a["server"], kind="fake")
     intercept(topo, "redirect")
     proxy = gw_proxy()
     assert proxy.sections["proxy"]["upstream"] == netns.IGNORED_UPSTREAM
@@ -332,11 +294,11 @@ def test_upstream_setting_is_ignored(topo, servers, gw_proxy):
     assert not proxy.events("upstream-connect-failed"), proxy.stderr()[-3000:]
 
 
-def test_client_sees_no_starttls_even_when_the_mx_offers_it(topo, servers, gw_proxy):
+def test_client_sees_no_starttls_even_when_the_mx_offers_it(topo, ns_servers, gw_proxy):
     """The typical outbound policy: the legacy MTA never sees STARTTLS (leg 1 strip) and
     its STARTTLS, if it sends one anyway, is not relayed; leg 2 still uses TLS."""
     a = ADDRS[4]
-    up = servers(a["server"], tls=True)
+    up = ns_servers(a["server"], tls=True)
     intercept(topo, "tproxy")
     proxy = gw_proxy()
     c = netns.connect_from(topo, "client", a["server"], 25)
