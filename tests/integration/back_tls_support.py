@@ -4,10 +4,10 @@ test_metrics.py, test_combinations.py): the proxy's config for these tests, real
 fixtures (back_certs, make_tls_fake) are in conftest.py.
 """
 
+import ipaddress
 import re
 import smtplib
 import ssl
-import subprocess
 import time
 
 import fake_tls_upstream as fake
@@ -131,13 +131,10 @@ def assert_normal_session(r, helo=False, caps=("pipelining", "8bitmime")):
         assert b"hello?" not in text, r
 
 
-def run_swaks(port, data_path, extra=(), timeout=60):
-    args = ["swaks", "--server", "127.0.0.1", "--port", str(port), "--from", FROM,
-            "--to", TO, "--helo", CLIENT_NAME, "--data", "@" + data_path,
-            "--timeout", "20"] + list(extra)
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=timeout)
-    return p.returncode, p.stdout.decode("utf-8", "replace")
+def run_swaks(port, data_path, extra=()):
+    """harness.run_swaks with this module's envelope (FROM, TO, CLIENT_NAME)."""
+    return harness.run_swaks(port, data_path, [TO], extra=extra, mail_from=FROM,
+                             helo=CLIENT_NAME)
 
 
 def assert_swaks_normal(rc, out):
@@ -214,3 +211,41 @@ def assert_back_cleartext(fields, reason_re):
 def failed_events(proxy):
     return proxy.events("back-tls-failed")
 
+
+
+def identity_ok(conn, identity, client_addr):
+    """True when the fake upstream's connection |conn| carried |identity| for the client
+    |client_addr| before any client command.
+
+    proxy-v1/proxy-v2: it began with a PROXY header of that version whose source is the
+    client. xclient: the probe EHLO, then XCLIENT with ADDR= the client (IPV6:... for
+    IPv6), before anything else; a connection that closed before the probe was answered
+    carried nothing. none: neither a header nor XCLIENT.
+    """
+    header = getattr(conn, "header", None)
+    cmds = conn.commands
+    if identity == "none":
+        return header is None and not any(c.upper().startswith(b"XCLIENT") for c in cmds)
+    if identity in ("proxy-v1", "proxy-v2"):
+        return (header is not None and header["version"] == int(identity[-1])
+                and same_address(header["src"], client_addr))
+    assert identity == "xclient", identity
+    if not cmds:
+        return True
+    if len(cmds) < 2:
+        return cmds[0].upper().startswith(b"EHLO")
+    if not (cmds[0].upper().startswith(b"EHLO") and cmds[1].upper().startswith(b"XCLIENT")):
+        return False
+    addr = harness.xclient_attrs(cmds[1])["ADDR"]
+    if addr.upper().startswith("IPV6:"):
+        addr = addr[5:]
+    return same_address(addr, client_addr)
+
+
+def same_address(a, b):
+    """True when the texts |a| and |b| name the same IP address (False when either is
+    not an address)."""
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False

@@ -11,7 +11,10 @@ Pieces:
   SmtpConn           a raw SMTP client over a socket, for byte-exact cases; it can bind a
                      source address, and do STARTTLS with python's ssl (start_tls)
   SClient            `openssl s_client -starttls smtp` driven line by line
-  make_cert          self-signed ECDSA P-256 / RSA 2048 certificates from the openssl CLI
+  make_cert, make_ca ECDSA P-256 / RSA 2048 certificates from the openssl CLI: self-signed,
+                     or signed by a test CA
+  Started            what a fixture started, stopped at its teardown
+  run_swaks          one swaks run; scrape_metrics: the proxy's counters
 
 Everything waits for events with a deadline (poll); nothing sleeps to synchronise.
 Run the suite with Debian's /usr/bin/python3 (it has python3-aiosmtpd and python3-pytest).
@@ -28,6 +31,7 @@ import struct
 import subprocess
 import threading
 import time
+import urllib.request
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
@@ -212,6 +216,18 @@ class Proxy:
 
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)
+
+    def rewrite(self, sections):
+        """Writes |sections| as the configuration file (read again on SIGHUP)."""
+        self.sections = sections
+        with open(self.ini_path, "w") as f:
+            f.write(render_ini(sections))
+
+    def reload(self, event="reloaded", timeout=10.0):
+        """SIGHUP, then waits for one more |event| line than there was before."""
+        before = len(self.events(event))
+        self.signal(signal.SIGHUP)
+        wait_for(lambda: len(self.events(event)) > before, timeout, what=f"a {event} line")
 
     def wait_exit(self, timeout=10.0):
         """Waits for the process to exit; returns its status (fails on timeout)."""
@@ -1057,6 +1073,53 @@ class SmtpConn:
 SClient._line = SmtpConn._line
 SClient.reply = SmtpConn.reply
 SClient.replies = SmtpConn.replies
+
+
+def open_data(c, mail_from="a@client.test", rcpt="b@upstream.test"):
+    """Greeting, EHLO, MAIL, RCPT and DATA (354) on a new harness.SmtpConn."""
+    assert c.greeting().code == 220
+    c.ehlo()
+    assert c.cmd(f"MAIL FROM:<{mail_from}>").code == 250
+    assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
+    assert c.cmd("DATA").code == 354
+
+
+# --------------------------------------------------------------------------------------
+# swaks, and the proxy's metrics endpoint
+# --------------------------------------------------------------------------------------
+
+def run_swaks(port, data_path, rcpts, host="127.0.0.1", extra=(),
+              mail_from="sender@client.test", helo="client.test", argv_prefix=(),
+              timeout=120):
+    """One swaks session to |host|:|port|: EHLO |helo|, MAIL FROM |mail_from|, RCPT TO each
+    of |rcpts|, the message file |data_path|, swaks' own --timeout 30 s, then the options
+    in |extra|. |argv_prefix| runs it through a wrapper (["ip", "netns", "exec", NS]).
+
+    Returns (exit status, everything swaks wrote, stderr included).
+    """
+    args = [*argv_prefix, "swaks", "--server", host, "--port", str(port),
+            "--from", mail_from, "--to", ",".join(rcpts), "--helo", helo,
+            "--data", "@" + str(data_path), "--timeout", "30", *extra]
+    p = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=timeout)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+def metrics_series(text):
+    """{'name{labels}': value} for every sample line of a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def scrape_metrics(port, host="127.0.0.1"):
+    """GET /metrics from the proxy's [metrics] listener: metrics_series() of the answer."""
+    with urllib.request.urlopen(f"http://{fmt_addr(host, port)}/metrics", timeout=5) as resp:
+        assert resp.status == 200
+        return metrics_series(resp.read().decode())
 
 
 # --------------------------------------------------------------------------------------

@@ -588,19 +588,6 @@ def test_memory_shared_by_workers(make_tls_fake, make_proxy):
 # Counters ([metrics] listen): each fallback counted once under its reason class
 # --------------------------------------------------------------------------------------
 
-def scrape_metrics(port):
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 @pytest.mark.parametrize("mode,reason_class", [
     ("refuse-454", "starttls-refused"),
     ("starttls-garbage", "starttls-bad-reply"),
@@ -620,7 +607,7 @@ def test_fallback_counters(make_tls_fake, make_proxy, mode, reason_class):
     assert_normal_session(smtplib_send(proxy.port, body("counted")))
     assert_normal_session(smtplib_send(proxy.port, body("remembered")))
     wait_session_lines(proxy, 2)
-    m = scrape_metrics(mport)
+    m = harness.scrape_metrics(mport)
     p = "smtp_tls_proxy_"
     fallbacks = {k: v for k, v in m.items() if k.startswith(p + "back_tls_fallback_total")}
     assert fallbacks.get(f'{p}back_tls_fallback_total{{reason="{reason_class}"}}') == 1, \
@@ -641,7 +628,7 @@ def test_tls_used_and_require_counters(make_tls_fake, make_proxy):
     proxy = make_proxy(ok.addr, extra)
     assert_normal_session(smtplib_send(proxy.port, body("used")))
     wait_session_lines(proxy, 1)
-    m = scrape_metrics(mport)
+    m = harness.scrape_metrics(mport)
     p = "smtp_tls_proxy_"
     assert m.get(f'{p}back_tls_total{{result="used"}}') == 1, m
     assert sum(v for k, v in m.items() if k.startswith(p + "back_tls_fallback_total")) == 0
@@ -656,6 +643,6 @@ def test_tls_used_and_require_counters(make_tls_fake, make_proxy):
         r = c.cmd(f"EHLO {CLIENT_NAME}")
         assert r.code == 421 and r.first.startswith("4.7.0"), r
     wait_session_lines(proxy2, 1)
-    m = scrape_metrics(mport2)
+    m = harness.scrape_metrics(mport2)
     assert m.get(f"{p}back_tls_require_failures_total") == 1, m
     assert m.get(f"{p}messages_total") == 0, m

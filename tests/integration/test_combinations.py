@@ -12,30 +12,13 @@ import harness
 from harness import SmtpConn
 
 
-def v1_header(src, dst, sport, dport):
-    fam = "TCP6" if ":" in src else "TCP4"
-    return f"PROXY {fam} {src} {dst} {sport} {dport}\r\n".encode()
-
-
-V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-def v2_header(src, dst, sport, dport):
-    import socket
-    import struct
-    addrs = socket.inet_pton(socket.AF_INET, src) + socket.inet_pton(socket.AF_INET, dst)
-    body = addrs + struct.pack("!HH", sport, dport)
-    return V2_SIG + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_proxy_protocol_with_host_name_upstream(aio_upstream, make_proxy, version):
     """The PROXY header's client reaches an upstream named by host name, and delivers."""
     proxy = make_proxy(f"localhost:{aio_upstream.port}",
                        {"proxy": {"proxy_protocol": version},
                         "timeouts": {"connect": "5s"}})
-    header = (v1_header if version == "v1" else v2_header)("192.0.2.10", "198.51.100.25",
-                                                          40001, 25)
+    header = harness.proxy_header(version, "192.0.2.10", "198.51.100.25", 40001, 25)
     with SmtpConn("127.0.0.1", proxy.port) as c:
         c.send(header)
         assert c.greeting().code == 220

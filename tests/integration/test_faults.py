@@ -8,14 +8,7 @@ import time
 import pytest
 
 import harness
-
-
-def open_data(c):
-    assert c.greeting().code == 220
-    c.ehlo()
-    assert c.cmd("MAIL FROM:<a@client.test>").code == 250
-    assert c.cmd("RCPT TO:<b@upstream.test>").code == 250
-    assert c.cmd("DATA").code == 354
+from harness import open_data
 
 
 def test_upstream_unreachable_gives_421_greeting_promptly(make_proxy, connect):

@@ -242,15 +242,6 @@ def test_sclient_starttls_delivers_byte_identical(aio_upstream, make_proxy, fron
     assert aio_upstream.starttls_commands == 0
 
 
-def run_swaks(port, data_path, extra=()):
-    args = ["swaks", "--server", "127.0.0.1", "--port", str(port), "--from", FROM,
-            "--to", ",".join(TO), "--helo", "client.test", "--data", "@" + data_path,
-            "--timeout", "30"] + list(extra)
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=120)
-    return p.returncode, p.stdout.decode("utf-8", "replace")
-
-
 @pytest.mark.parametrize("extra,version", [((), "TLSv1.3"),
                                            (("--tls-protocol", "tlsv1_2"), "TLSv1.2")],
                          ids=["tls13", "tls12"])
@@ -261,10 +252,11 @@ def test_swaks_tls_delivers_byte_identical(aio_upstream, make_proxy, front_certs
     path = tmp_path / "message.eml"
     path.write_bytes(body)
     # The reference: swaks straight to aiosmtpd, in cleartext.
-    rc, out = run_swaks(aio_upstream.port, str(path))
+    rc, out = harness.run_swaks(aio_upstream.port, path, TO, mail_from=FROM)
     assert rc == 0, out[-3000:]
     [direct] = aio_upstream.wait_messages(1)
-    rc, out = run_swaks(proxy.port, str(path), ["--tls", *extra])
+    rc, out = harness.run_swaks(proxy.port, path, TO, extra=["--tls", *extra],
+                                mail_from=FROM)
     assert rc == 0, out[-3000:]
     assert f"=== TLS started with cipher {version}:" in out, out
     assert 'TLS peer DN="/CN=ec.proxy.test"' in out, out

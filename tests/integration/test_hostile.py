@@ -32,7 +32,6 @@ import hashlib
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -40,7 +39,7 @@ import time
 import pytest
 
 import harness
-from back_tls_support import back_extra, body, smtplib_send, wait_session_lines
+from back_tls_support import back_extra, body, identity_ok, smtplib_send, wait_session_lines
 from harness import SmtpConn, wait_for
 
 CLIENT = "client.test"
@@ -265,22 +264,6 @@ def test_sasl_response_with_bad_bytes_is_cancelled(make_upstream, make_proxy):
 LADDER_MODES = ["cert-required", "no-shared-cipher", "eof-after-220", "reset-during-handshake",
                 "tls13-intolerant", "post-tls-ehlo-403", "post-tls-ehlo-554", "post-tls-close",
                 "refuse-454", "starttls-garbage"]
-
-
-def identity_ok(conn, identity, client_addr):
-    """True when |conn| carried |identity| before any client command."""
-    if identity in ("proxy-v1", "proxy-v2"):
-        h = conn.header
-        return h is not None and h["version"] == int(identity[-1]) and h["src"] == client_addr
-    # xclient: the probe EHLO, then XCLIENT with the client's address, before anything
-    # else; a connection that closed before the probe was answered carried nothing.
-    cmds = conn.commands
-    if not cmds:
-        return True
-    if len(cmds) < 2:
-        return cmds[0].upper().startswith(b"EHLO")
-    return (cmds[0].upper().startswith(b"EHLO") and cmds[1].upper().startswith(b"XCLIENT")
-            and harness.xclient_attrs(cmds[1])["ADDR"] == client_addr)
 
 
 @pytest.mark.parametrize("identity", ["xclient", "proxy-v1", "proxy-v2"])

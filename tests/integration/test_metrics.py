@@ -26,16 +26,6 @@ def scrape(port, path="/metrics", method="GET"):
         return e.code, e.headers, e.read().decode()
 
 
-def series(text):
-    """{'name{labels}': value} for every sample line."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 def metrics_proxy(make_proxy, upstream_addr):
     mport = harness.free_port()
     extra = {
@@ -80,7 +70,7 @@ def test_counters_after_scripted_sessions(make_tls_fake, make_proxy):
     status, headers, text = scrape(mport)
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    got = series(text)
+    got = harness.metrics_series(text)
     expected = {
         "smtp_tls_proxy_connections_total": 3,
         "smtp_tls_proxy_connections_current": 0,

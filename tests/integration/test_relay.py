@@ -5,9 +5,10 @@ dot-unstuffed. Each test compares them with what the client meant to send.
 """
 
 import smtplib
-import subprocess
 
 import pytest
+
+import harness
 
 FROM = "sender@client.test"
 TO = ["rcpt1@upstream.test", "rcpt2@upstream.test"]
@@ -125,15 +126,6 @@ def test_rset_between_transactions(relay):
     assert_delivered(msg, FROM, TO, SIMPLE)
 
 
-def run_swaks(port, data_path, rcpts, host="127.0.0.1", extra=()):
-    args = ["swaks", "--server", host, "--port", str(port), "--from", FROM,
-            "--to", ",".join(rcpts), "--helo", "client.test", "--data", "@" + data_path,
-            "--timeout", "30"] + list(extra)
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=120)
-    return p.returncode, p.stdout.decode("utf-8", "replace")
-
-
 def swaks_twice(relay, tmp_path, body, rcpts, extra=()):
     """Sends |body| with swaks straight to aiosmtpd (the reference), then through the proxy.
 
@@ -142,10 +134,11 @@ def swaks_twice(relay, tmp_path, body, rcpts, extra=()):
     """
     path = tmp_path / "message.eml"
     path.write_bytes(body)
-    rc, out = run_swaks(relay.upstream.port, str(path), rcpts, extra=extra)
+    rc, out = harness.run_swaks(relay.upstream.port, path, rcpts, extra=extra,
+                                mail_from=FROM)
     assert rc == 0, out[-3000:]
     [direct] = relay.upstream.wait_messages(1, timeout=60)
-    rc, out = run_swaks(relay.port, str(path), rcpts, extra=extra)
+    rc, out = harness.run_swaks(relay.port, path, rcpts, extra=extra, mail_from=FROM)
     assert rc == 0, out[-3000:]
     if not extra:
         assert "<-  250 2.0.0 Message accepted for delivery" in out, out

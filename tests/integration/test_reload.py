@@ -9,18 +9,6 @@ import pytest
 import harness
 
 
-def rewrite(proxy, sections):
-    proxy.sections = sections
-    with open(proxy.ini_path, "w") as f:
-        f.write(harness.render_ini(sections))
-
-
-def reload_and_wait(proxy, event):
-    before = len(proxy.events(event))
-    proxy.signal(signal.SIGHUP)
-    harness.wait_for(lambda: len(proxy.events(event)) > before, 10, what=f"a {event} line")
-
-
 def deliver(port, tag, starttls=False):
     c = harness.SmtpConn("127.0.0.1", port)
     try:
@@ -64,8 +52,8 @@ def test_reload_changes_upstream_certificate_and_listeners(make_aio_upstream, ma
 
     sections = harness.base_sections([f"127.0.0.1:{port2}"], b.addr, {
         "client_tls": {"starttls": "offer", "certificate": cert2[0], "key": cert2[1]}})
-    rewrite(proxy, sections)
-    reload_and_wait(proxy, "reloaded")
+    proxy.rewrite(sections)
+    proxy.reload("reloaded")
 
     # New listener, new upstream, new certificate; the old port is closed.
     assert deliver(port2, "second", starttls=True) == harness.cert_der(cert2[0])
@@ -90,8 +78,8 @@ def test_broken_file_keeps_the_old_config(make_aio_upstream, make_proxy):
     port = proxy.port
     broken = harness.base_sections([f"127.0.0.1:{port}"], b.addr,
                                    {"proxy": {"mode": "sideways", "no_such_key": "1"}})
-    rewrite(proxy, broken)
-    reload_and_wait(proxy, "reload-failed")
+    proxy.rewrite(broken)
+    proxy.reload("reload-failed")
     errors = proxy.events("config-error")
     assert any("mode" in e["_line"] and "sideways" in e["_line"] for e in errors), errors
     assert any("no_such_key" in e["_line"] for e in errors), errors
@@ -109,7 +97,7 @@ def test_json_log_lines_stay_json_with_escaped_text(make_aio_upstream, make_prox
     proxy = make_proxy(a.addr, {"log": {"format": "json"}})
     broken = harness.base_sections([f"127.0.0.1:{proxy.port}"], a.addr,
                                    {"proxy": {"mode": 'f"w\\d'}, "log": {"format": "json"}})
-    rewrite(proxy, broken)
+    proxy.rewrite(broken)
     before = proxy.stderr().count('"reload-failed"')
     proxy.signal(signal.SIGHUP)
     harness.wait_for(lambda: proxy.stderr().count('"reload-failed"') > before, 10,

@@ -13,6 +13,8 @@ import re
 
 import pytest
 
+from harness import open_data
+
 SMUGGLED = (b"MAIL FROM:<evil@attacker.test>\r\n"
             b"RCPT TO:<victim@upstream.test>\r\n"
             b"DATA\r\n"
@@ -32,14 +34,6 @@ CASES = [
 ]
 
 BARE_EOL = re.compile(rb"(?<!\r)\n|\r(?!\n|\Z)")
-
-
-def open_data(c):
-    assert c.greeting().code == 220
-    c.ehlo()
-    assert c.cmd("MAIL FROM:<a@client.test>").code == 250
-    assert c.cmd("RCPT TO:<b@upstream.test>").code == 250
-    assert c.cmd("DATA").code == 354
 
 
 def check_upstream(up):
