@@ -373,7 +373,7 @@ def test_postfix_fallback_connection_keeps_client_identity(make_postfix, make_pr
         c.cmd("QUIT")
     line = proxy.wait_session_line()
     assert line["back_tls"] == "cleartext", line
-    assert "[127.0.0.2]" in pf.log()
+    pf.wait_log(r"\[127\.0\.0\.2\]")  # Postfix writes its log after it replies
 
 
 # --------------------------------------------------------------------------------------
