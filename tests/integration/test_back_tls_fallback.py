@@ -618,6 +618,30 @@ def test_fallback_counters(make_tls_fake, make_proxy, mode, reason_class):
     assert m.get(f"{p}messages_total") == 2, m
 
 
+@pytest.mark.parametrize("mode", ["cert-required", "post-tls-ehlo-403", "post-tls-close"])
+def test_fallback_after_the_handshake_is_not_counted_as_tls(make_tls_fake, make_proxy, mode):
+    """The handshake completes on the proxy's side (in TLS 1.3 the server's alert for the
+    missing client certificate comes after the client's Finished; or the EHLO inside TLS
+    is answered 403; or the server closes right after the handshake), then the negotiation
+    fails and the session goes on in cleartext. back_tls_total{result="used"} counts leg-2
+    sessions over TLS: it stays 0, as the session line's back_tls=cleartext says, and only
+    the fallback is counted."""
+    up = make_tls_fake(mode)
+    mport = harness.free_port()
+    extra = back_extra()
+    extra["metrics"] = {"listen": f"127.0.0.1:{mport}"}
+    proxy = make_proxy(up.addr, extra)
+    assert_normal_session(smtplib_send(proxy.port, body("after-the-handshake")))
+    [line] = wait_session_lines(proxy, 1)
+    assert_back_cleartext(line, FALLBACK_MODES[mode][0])
+    assert_delivered_once(up, body("after-the-handshake"), None)
+    m = harness.scrape_metrics(mport)
+    p = "smtp_tls_proxy_"
+    assert sum(v for k, v in m.items() if k.startswith(p + "back_tls_fallback_total")) == 1, m
+    assert m.get(f'{p}back_tls_total{{result="used"}}') == 0, \
+        f"a session in cleartext counted as leg-2 TLS: {line['_line']}"
+
+
 def test_tls_used_and_require_counters(make_tls_fake, make_proxy):
     """One TLS session counts back_tls_total{result="used"}; a require failure counts
     back_tls_require_failures_total, and neither counts a fallback."""
