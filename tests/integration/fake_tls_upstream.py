@@ -33,6 +33,9 @@ the client sends STARTTLS (or, for the post-TLS modes, after the handshake):
   tls-break-in-data      TLS works; after 354 inside TLS the server reads some body bytes
                          and closes the connection
 
+With chunking=True it also advertises CHUNKING and takes BDAT (RFC 3030): "BDAT n [LAST]"
+chunks read by their byte counts, the message recorded at LAST (Message.kind "BDAT").
+
 The mode may be changed at run time (set .mode); each connection takes the mode current when
 it was accepted. Records per connection: every command line (raw bytes, inside and outside
 TLS, in order), STARTTLS count, the ClientHello's offered versions, the TLS version/cipher
@@ -116,16 +119,18 @@ def offered_max_version(hello):
 # --------------------------------------------------------------------------------------
 
 class Message:
-    def __init__(self, conn, mail_from, rcpts, content, tls_version):
+    def __init__(self, conn, mail_from, rcpts, content, tls_version, kind="DATA"):
         self.conn = conn
         self.mail_from = mail_from
         self.rcpts = rcpts
-        self.content = content          # dot-unstuffed DATA content, final CRLF included
+        # DATA: the content dot-unstuffed, final CRLF included; BDAT: the chunks joined
+        self.content = content
+        self.kind = kind                # "DATA" or "BDAT"
         self.tls = tls_version is not None
         self.tls_version = tls_version  # "TLSv1.3", "TLSv1.2" or None (cleartext)
 
     def __repr__(self):
-        return (f"Message(conn#{self.conn.index}, tls={self.tls_version}, "
+        return (f"Message(conn#{self.conn.index}, {self.kind}, tls={self.tls_version}, "
                 f"from={self.mail_from!r}, to={self.rcpts!r}, {len(self.content)} bytes)")
 
 
@@ -193,13 +198,16 @@ class TlsFakeUpstream:
     |proxy_header|: read a PROXY v1/v2 header before greeting (Conn.header).
     |close_after_unknown|: N: the Nth unknown command gets "421 4.7.0 Too many
     unrecognized commands" and the connection is closed (Exim's behaviour), inside TLS
-    too, without close_notify."""
+    too, without close_notify. |port|: listen on this port (0: any free one).
+    |chunking|: advertise CHUNKING and take BDAT (see the module's docstring)."""
 
     def __init__(self, cert, key, mode="tls-ok", host="127.0.0.1",
                  greeting="fake.test ESMTP fake-tls", caps=("PIPELINING", "8BITMIME", "SIZE 10240000"),
                  other_ca=None, retry_greeting=None, rsa_cert=None, dual_stack=False,
-                 xclient=False, proxy_header=False, close_after_unknown=None):
+                 xclient=False, proxy_header=False, close_after_unknown=None, port=0,
+                 chunking=False):
         self.xclient = xclient
+        self.chunking = chunking
         self.proxy_header = proxy_header
         self.close_after_unknown = close_after_unknown
         assert mode in MODES, mode
@@ -220,7 +228,7 @@ class TlsFakeUpstream:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         ls = socket.socket(family, socket.SOCK_STREAM)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind((host, 0))
+        ls.bind((host, port))
         self.port = ls.getsockname()[1]
         self.listeners.append(ls)
         if dual_stack and family == socket.AF_INET:
@@ -364,6 +372,8 @@ class TlsFakeUpstream:
     def _ehlo_reply(self, conn, arg, in_tls):
         first = b"fake.test greets " + arg
         caps = [c.encode() for c in self.caps]
+        if self.chunking:
+            caps.append(b"CHUNKING")
         if self.xclient and not in_tls:
             caps.append(b"XCLIENT NAME ADDR PROTO HELO PORT")
         if conn.mode != "no-starttls" and not in_tls:
@@ -413,9 +423,12 @@ class TlsFakeUpstream:
             with self._lock:
                 conn.messages.append(msg)
             io.send(b"250 2.0.0 Ok: queued as FAKE%d\r\n" % len(self.messages()))
+        elif verb == b"BDAT" and self.chunking:
+            self._bdat(conn, io, words)
         elif verb == b"RSET":
             io.state["mail_from"] = None
             io.state["rcpts"] = []
+            io.state.pop("bdat", None)
             io.send(b"250 2.0.0 Ok\r\n")
         elif verb == b"NOOP":
             io.send(b"250 2.0.0 Ok\r\n")
@@ -433,6 +446,25 @@ class TlsFakeUpstream:
                 raise _Gone()
             io.send(b"502 5.5.2 unknown command\r\n")
         return io
+
+    def _bdat(self, conn, io, words):
+        """BDAT <size> [LAST]: the chunk is the next <size> bytes, whatever they hold."""
+        if len(words) not in (2, 3) or not words[1].isdigit() or \
+                (len(words) == 3 and words[2].upper() != b"LAST"):
+            io.send(b"501 5.5.4 Syntax: BDAT <size> [LAST]\r\n")
+            return
+        size = int(words[1])
+        chunks = io.state.setdefault("bdat", bytearray())
+        chunks += io.read_exact(size)
+        if len(words) == 2:
+            io.send(b"250 2.0.0 %d octets received\r\n" % size)
+            return
+        del io.state["bdat"]
+        msg = Message(conn, io.state.get("mail_from"), list(io.state.get("rcpts", [])),
+                      bytes(chunks), conn.tls_version, kind="BDAT")
+        with self._lock:
+            conn.messages.append(msg)
+        io.send(b"250 2.0.0 Ok: %d octets queued as FAKE%d\r\n" % (size, len(self.messages())))
 
     def _starttls(self, conn, io):
         mode = conn.mode
@@ -551,6 +583,13 @@ class _Io:
         if line.endswith(b"\r"):
             line = line[:-1]
         return line
+
+    def read_exact(self, n):
+        """The next |n| bytes (a BDAT chunk)."""
+        while len(self.buf) < n:
+            self.buf += self._recv()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
 
     def read_some(self):
         """Whatever is buffered or arrives next (some body bytes)."""
