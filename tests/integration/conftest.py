@@ -11,7 +11,7 @@ status 0 within 10 s and no sanitizer report in its stderr.
 The fixtures, all here: proxies (make_proxy, relay), clients (connect, sclient), upstreams
 (aio_upstream, make_aio_upstream, make_upstream alias make_fake_upstream, make_tls_fake,
 make_postfix), certificates (tls_files, front_certs, back_certs, make_cert), and network
-namespaces (topo, ns_servers, gw_proxy). Helpers that are not fixtures:
+namespaces (topo, module_topo, ns_servers, gw_proxy). Helpers that are not fixtures:
 harness.py (the proxy process, peers, clients, certificates, swaks, metrics),
 back_tls_support.py (leg-2 clients and checks), netns.py (namespaces, iptables rules).
 """
@@ -240,6 +240,17 @@ def relay(aio_upstream, make_proxy):
 @pytest.fixture
 def topo():
     """A fresh netns.Topology (client | gw | server), deleted at teardown."""
+    with netns.Topology() as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
+def module_topo():
+    """One netns.Topology shared by the tests of a module that ask for it (building one
+    takes a second), deleted after the last; skips a test without root. Its tests stop
+    what they start in it, so that the next one finds it as it was (rules they add stay)."""
+    if not netns.is_root():
+        pytest.skip("needs root for network namespaces and iptables")
     with netns.Topology() as t:
         yield t
 
