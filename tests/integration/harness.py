@@ -190,19 +190,27 @@ class Proxy:
     def port(self):
         return self.listen_ports[0]
 
+    def argv(self):
+        """The command that runs the proxy."""
+        return [self.binary, "-c", self.ini_path]
+
+    def listening(self):
+        """True once every port of |listen_ports| is in LISTEN state where the proxy runs."""
+        return set(self.listen_ports) <= _listening_ports()
+
     def start(self, timeout=10.0):
         self._stderr = open(self.stderr_path, "wb")
         self._stdout = open(self.stdout_path, "wb")
-        self.proc = subprocess.Popen([self.binary, "-c", self.ini_path],
-                                     stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                     stderr=self._stderr, cwd=self.workdir)
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
+                                     stdout=self._stdout, stderr=self._stderr,
+                                     cwd=self.workdir)
 
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"proxy exited with status {self.proc.returncode} during start-up;"
                     f" config:\n{render_ini(self.sections)}\nstderr:\n{self.stderr()}")
-            return set(self.listen_ports) <= _listening_ports()
+            return self.listening()
 
         wait_for(ready, timeout, what=f"proxy listening on {self.listen_ports}")
         return self

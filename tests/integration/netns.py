@@ -395,28 +395,14 @@ class NsProxy(harness.Proxy):
         self.topo = topo
         self.role = role
 
-    def start(self, timeout=10.0):
-        self._stderr = open(self.stderr_path, "wb")
-        self._stdout = open(self.stdout_path, "wb")
-        ns = self.topo.names[self.role]
-        want = netns_inode(ns)
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, self.binary, "-c",
-                                      self.ini_path],
-                                     stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                     stderr=self._stderr, cwd=self.workdir)
+    def argv(self):
+        return ["ip", "netns", "exec", self.topo.names[self.role], *super().argv()]
 
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"proxy exited with status {self.proc.returncode} during start-up;"
-                    f" config:\n{harness.render_ini(self.sections)}\nstderr:\n{self.stderr()}")
-            # Until `ip` has entered the namespace and exec'd, /proc/PID/net is ours.
-            if pid_netns_inode(self.proc.pid) != want:
-                return False
-            return set(self.listen_ports) <= listening_ports_of(self.proc.pid)
-
-        harness.wait_for(ready, timeout, what=f"proxy listening on {self.listen_ports} in {ns}")
-        return self
+    def listening(self):
+        # Until `ip` has entered the namespace and exec'd, /proc/PID/net is ours.
+        if pid_netns_inode(self.proc.pid) != netns_inode(self.topo.names[self.role]):
+            return False
+        return set(self.listen_ports) <= listening_ports_of(self.proc.pid)
 
 
 # ---------------------------------------------------------------------------------------
