@@ -25,6 +25,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "runtime.h"
+#include "selftest.h"
 #include "tlsio.h"
 #include "worker.h"
 
@@ -32,11 +33,17 @@
 
 static void main_usage(FILE *out)
 {
-    fprintf(out, "usage: smtp-tls-proxy [-c FILE] [-t] [--health] [-V] [-h]\n"
+    fprintf(out, "usage: smtp-tls-proxy [-c FILE] [-t] [--health] [--self-test [--json]] [-V]\n"
+                 "                      [-h]\n"
                  "  -c FILE  configuration file (default " CONF_DEFAULT_PATH ")\n"
                  "  -t       check the configuration, print every error, and exit\n"
                  "  --health open an SMTP session to the running proxy's first listen\n"
                  "           address; exit 0 if it answers (a container HEALTHCHECK)\n"
+                 "  --self-test [--json]\n"
+                 "           run the configuration against fake upstreams on loopback, one\n"
+                 "           message per [upstream_policy] pattern and TLS failure; print\n"
+                 "           what each got (--json: as JSON); exit 1 if a require\n"
+                 "           destination got cleartext, 2 if the test could not run\n"
                  "  -V       print the version of the proxy, libuv and BoringSSL, and exit\n"
                  "  -h       print this help and exit\n");
 }
@@ -387,6 +394,8 @@ struct main_options {
     const char *path;
     bool test_only;
     bool health;
+    bool self_test;
+    bool json; /* --self-test writes JSON */
 };
 
 /* main_parse_args reads the command line. Returns -1 to go on, else the exit status. */
@@ -394,6 +403,8 @@ static int main_parse_args(struct main_options *out, int argc, char **argv)
 {
     static const struct option long_options[] = {
         {"health", no_argument, NULL, 'H'},
+        {"self-test", no_argument, NULL, 'S'},
+        {"json", no_argument, NULL, 'J'},
         {NULL, 0, NULL, 0},
     };
     *out = (struct main_options){.path = CONF_DEFAULT_PATH};
@@ -402,6 +413,12 @@ static int main_parse_args(struct main_options *out, int argc, char **argv)
         switch (opt) {
         case 'H':
             out->health = true;
+            break;
+        case 'S':
+            out->self_test = true;
+            break;
+        case 'J':
+            out->json = true;
             break;
         case 'c':
             out->path = optarg;
@@ -420,7 +437,7 @@ static int main_parse_args(struct main_options *out, int argc, char **argv)
             return 2;
         }
     }
-    if (optind != argc) {
+    if (optind != argc || (out->json && !out->self_test)) {
         main_usage(stderr);
         return 2;
     }
@@ -556,6 +573,9 @@ int main(int argc, char **argv)
     struct conf *conf = main_load_conf(options.path);
     if (options.health) {
         return main_health(conf);
+    }
+    if (options.self_test) {
+        return selftest_run(conf, options.path, options.json);
     }
     /* -t also loads the certificates: a key that does not match is a config error. */
     char err[TLSIO_ERR_MAX + 256];
