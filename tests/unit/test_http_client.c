@@ -85,8 +85,7 @@ static bool same(const struct outcome *a, const struct outcome *b)
     bool body = a->result != HTTP_CLIENT_DONE ||
                 (a->body_len == b->body_len && memcmp(a->body, b->body, a->body_len) == 0);
     return a->result == b->result && a->status == b->status &&
-           strcmp(a->content_type, b->content_type) == 0 && body &&
-           strcmp(a->error, b->error) == 0;
+           strcmp(a->content_type, b->content_type) == 0 && body && strcmp(a->error, b->error) == 0;
 }
 
 /* Checks |resp| whole, at every split and byte by byte; returns the whole outcome (caller
