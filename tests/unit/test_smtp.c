@@ -2,7 +2,9 @@
  * test_smtp: the SMTP text functions at their edges: line caps, NUL bytes, every verb with
  * every kind of whitespace, path and BDAT limits, HELO names, xtext and XCLIENT lines,
  * multi-line replies, EHLO editing, and the end-of-data scanner in both bare-LF modes, fed
- * at every possible split and checked against a plain whole-buffer reference.
+ * at every possible split and checked against a plain whole-buffer reference, and call by
+ * call against the scanner it replaced (tests/fuzz/smtp_data_reference.c). Built twice:
+ * test_smtp_portable checks the scanner's portable search in place of SSE2.
  */
 #include "smtp.h"
 
@@ -10,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../fuzz/smtp_data_reference.h"
 #include "check.h"
 
 /* A string literal as (pointer, length), so embedded NUL bytes count. */
@@ -2015,6 +2018,438 @@ static void test_skip_bad_data(void)
     CHECK(smtp_skip_bad_data(&s, &used, LIT(".\r\n")));
 }
 
+/* ---- the scanner's fast path: block edges, long runs, and the scanner it replaced ---- */
+
+/*
+ * With SSE2, smtp_data_scan() passes clean 64-byte blocks from bit masks and steps
+ * through the others; test_smtp_portable runs these tests on the portable search (8 bytes
+ * at a time) instead. The tests put what matters at every offset of a block and across
+ * block edges, in pieces of every size and alignment, and compare call by call with the
+ * scanner that came before (tests/fuzz/smtp_data_reference.c).
+ */
+
+/* check_scan_spec feeds |data| in both modes whole, at every 2-piece split and byte by
+ * byte, on exact heap copies, and returns how many feedings differ from reference_scan(). */
+static int check_scan_spec(const char *data, size_t len)
+{
+    int bad = 0;
+    for (int normalize = 0; normalize <= 1; normalize++) {
+        struct scan_outcome want;
+        reference_scan(&want, data, len, normalize);
+        bad += check_scan_all_splits(data, len, normalize, false, true, &want);
+    }
+    return bad;
+}
+
+/* scan_filler fills data[0, len) with text (|lines|: 18 bytes and CRLF, over and over). */
+static void scan_filler(char *data, size_t len, bool lines)
+{
+    for (size_t i = 0; i < len; i++) {
+        size_t col = i % 20;
+        data[i] = (char)('a' + i % 26);
+        if (lines && col >= 18) {
+            data[i] = col == 18 ? '\r' : '\n';
+        }
+    }
+}
+
+/* What can end, break or smuggle a line, put at every offset of a block (0..47) and around
+ * the 64-byte edge, in plain text and among CRLF lines. */
+static void test_data_scan_block_offsets(void)
+{
+    static const struct {
+        const char *mark;
+        size_t len;
+    } marks[] = {
+        {LIT("\r\n")},      {LIT("\r")},      {LIT("\n")},         {LIT("\r\n.")},
+        {LIT("\r\n.\r\n")}, {LIT("\r\n.\n")}, {LIT("\n.\r\n")},    {LIT("\r\n\0")},
+        {LIT("\r\n.\0")},   {LIT("\r\n..")},  {LIT("\r\r\n")},     {LIT("\r\n\r\n")},
+        {LIT(".")},         {LIT("\0")},      {LIT("\r\n.\r\nX")}, {LIT("\n\n")},
+    };
+    int bad = 0;
+    int n_inputs = 0;
+    for (size_t m = 0; m < sizeof(marks) / sizeof(marks[0]); m++) {
+        for (size_t pos = 0; pos < 72; pos = pos == 47 ? 56 : pos + 1) {
+            for (int lines = 0; lines <= 1; lines++) {
+                char data[SCAN_MAX];
+                scan_filler(data, sizeof(data), lines != 0);
+                size_t n = marks[m].len < sizeof(data) - pos ? marks[m].len : sizeof(data) - pos;
+                memcpy(data + pos, marks[m].mark, n);
+                bad += check_scan_spec(data, sizeof(data)) != 0;
+                n_inputs++;
+            }
+        }
+    }
+    CHECK_INT(n_inputs, 16 * 64 * 2);
+    CHECK_INT(bad, 0);
+}
+
+/* A CR at byte k and what follows it at k + 1, across 16-byte and 64-byte edges. */
+static void test_data_scan_block_pairs(void)
+{
+    static const size_t at[] = {0, 1, 14, 15, 16, 17, 31, 32, 47, 48, 62, 63, 64, 65, 79, 80};
+    for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+        size_t k = at[i];
+        char data[SCAN_MAX];
+        struct scan_outcome o;
+        memset(data, 'x', sizeof(data));
+
+        memcpy(data + k, "\r\n.\r\n", 5); /* CRLF at k, k + 1: the end */
+        for (int normalize = 0; normalize <= 1; normalize++) {
+            reference_scan(&o, data, k + 5, normalize);
+            CHECK_INT(o.result, SMTP_DATA_END);
+            CHECK_INT(o.at, k + 5);
+        }
+        CHECK_INT(check_scan_spec(data, k + 5), 0);
+        CHECK_INT(check_scan_spec(data, sizeof(data)), 0);
+
+        memset(data, 'x', sizeof(data));
+        memcpy(data + k, "\r\n\r\n", 4); /* an empty line, and text after it */
+        CHECK_INT(check_scan_spec(data, sizeof(data)), 0);
+        reference_scan(&o, data, sizeof(data), false);
+        CHECK_INT(o.result, SMTP_DATA_MORE);
+        CHECK_INT(o.at, sizeof(data));
+
+        memset(data, 'x', sizeof(data));
+        memcpy(data + k, "\ry", 2); /* a bare CR, found at the byte after it */
+        reference_scan(&o, data, sizeof(data), true);
+        CHECK_INT(o.result, SMTP_DATA_REJECT);
+        CHECK_INT(o.at, k + 1);
+        CHECK_STR(o.why, "bare-cr");
+        CHECK_INT(check_scan_spec(data, sizeof(data)), 0);
+        CHECK_INT(check_scan_spec(data, k + 1), 0); /* the CR is the last byte: wait */
+
+        memcpy(data + k, "x\n", 2); /* a bare LF at k + 1 */
+        reference_scan(&o, data, sizeof(data), false);
+        CHECK_INT(o.result, SMTP_DATA_REJECT);
+        CHECK_INT(o.at, k + 1);
+        CHECK_STR(o.why, "bare-lf");
+        reference_scan(&o, data, sizeof(data), true);
+        CHECK_INT(o.result, SMTP_DATA_MORE);
+        CHECK_INT(o.out_len, sizeof(data) + 1); /* relayed with a CR added */
+        CHECK_INT(check_scan_spec(data, sizeof(data)), 0);
+
+        memset(data, 'x', sizeof(data));
+        memcpy(data + k, "\r\n\0", 3); /* NUL starting the next line */
+        reference_scan(&o, data, sizeof(data), false);
+        CHECK_INT(o.result, SMTP_DATA_REJECT);
+        CHECK_INT(o.at, k + 2);
+        CHECK_STR(o.why, "nul-at-line-start");
+        CHECK_INT(check_scan_spec(data, sizeof(data)), 0);
+
+        memset(data, 'x', sizeof(data));
+        memcpy(data + k, "\r\n.", 3); /* "." starting the next line: held back at the end */
+        reference_scan(&o, data, k + 3, false);
+        CHECK_INT(o.result, SMTP_DATA_MORE);
+        CHECK_INT(o.at, k + 2);
+        CHECK_INT(check_scan_spec(data, k + 3), 0);
+        CHECK_INT(check_scan_spec(data, sizeof(data)), 0); /* dot-stuffed text after it */
+    }
+}
+
+/* Every length from 0 to SCAN_MAX: text, CRLF lines, and either one ended by the marker. */
+static void test_data_scan_lengths(void)
+{
+    int bad = 0;
+    for (size_t len = 0; len <= SCAN_MAX; len++) {
+        for (int lines = 0; lines <= 1; lines++) {
+            char data[SCAN_MAX];
+            scan_filler(data, len, lines != 0);
+            bad += check_scan_spec(data, len) != 0;
+            if (len >= 5) {
+                memcpy(data + len - 5, "\r\n.\r\n", 5);
+                struct scan_outcome o;
+                reference_scan(&o, data, len, lines != 0);
+                /* Among lines the marker may follow a CR: "\r\r\n.\r\n" is rejected. */
+                CHECK(lines || (o.result == SMTP_DATA_END && o.at == len));
+                bad += check_scan_spec(data, len) != 0;
+            }
+        }
+    }
+    CHECK_INT(bad, 0);
+}
+
+/* What diff_feed() saw the new scanner report, counted from the start of the content. */
+enum diff_kind {
+    DIFF_END = 0, /* SMTP_DATA_END */
+    DIFF_BARE_LF, /* SMTP_DATA_BARE_LF */
+    DIFF_REJECT,  /* SMTP_DATA_REJECT */
+    DIFF_SKIPPED, /* smtp_skip_bad_data() found the end */
+};
+
+struct diff_event {
+    enum diff_kind kind;
+    size_t at;
+    const char *why; /* the reason, for DIFF_REJECT */
+};
+
+struct diff_events {
+    size_t n;                  /* all of them */
+    struct diff_event list[8]; /* the first 8 */
+};
+
+/* How diff_feed() cuts the content: whole (max 0), in pieces of |max| bytes (seed 0), or in
+ * pseudo-random pieces of 0 to |max| bytes. */
+struct diff_cuts {
+    size_t max;
+    uint32_t seed;
+};
+
+static uint32_t diff_random(uint32_t *x)
+{
+    /* xorshift32: the same inputs on every run. */
+    *x ^= *x << 13;
+    *x ^= *x >> 17;
+    *x ^= *x << 5;
+    return *x;
+}
+
+static size_t diff_next_end(struct diff_cuts *c, size_t avail, size_t len)
+{
+    size_t step = c->max;
+    if (c->max == 0) {
+        step = len;
+    } else if (c->seed != 0) {
+        step = diff_random(&c->seed) % (c->max + 1);
+    }
+    return len - avail < step ? len : avail + step;
+}
+
+static void diff_event_add(struct diff_events *e, enum diff_kind kind, size_t at, const char *why)
+{
+    if (e->n < sizeof(e->list) / sizeof(e->list[0])) {
+        e->list[e->n] = (struct diff_event){.kind = kind, .at = at, .why = why};
+    }
+    e->n++;
+}
+
+/*
+ * diff_feed reads data[0, len) as the session does (held-back bytes offered again, bare LFs
+ * resumed from, a rejected message skipped to its end, then the next message scanned) with
+ * smtp_data_scan() and the old scanner in lockstep: both get the same pieces, each an exact
+ * heap copy |align| bytes into its allocation (so ASan sees any read past it, and the
+ * SIMD loads meet every alignment), and every call must give the same result, count and
+ * reason. With |fresh_skip| both start by skipping a message, as for one refused before
+ * its content. Records the new scanner's events in |e|; returns 0, or 1 after printing
+ * the first call where the two differ.
+ */
+static int diff_feed(struct diff_events *e, const char *data, size_t len, bool normalize,
+                     bool fresh_skip, struct diff_cuts cuts, size_t align)
+{
+    struct smtp_data_scanner s;
+    struct smtp_data_reference r;
+    smtp_data_scanner_init(&s, normalize);
+    smtp_data_reference_init(&r, normalize);
+    e->n = 0;
+    bool skipping = fresh_skip;
+    bool wait = true;
+    size_t pos = 0;   /* the first byte not taken yet */
+    size_t avail = 0; /* bytes received so far */
+    for (;;) {
+        if (wait || pos == avail) {
+            if (avail == len) {
+                return 0;
+            }
+            avail = diff_next_end(&cuts, avail, len);
+            wait = false;
+        }
+        size_t n = avail - pos;
+        char *block = malloc(align + n + 1);
+        CHECK(block != NULL);
+        char *piece = block + align;
+        memcpy(piece, data + pos, n);
+        size_t used = 11111;
+        size_t ref_used = 22222;
+        bool same;
+        const char *call;
+        int got = 0;
+        int want = 0;
+        if (skipping) {
+            call = "smtp_skip_bad_data";
+            got = smtp_skip_bad_data(&s, &used, piece, n);
+            want = smtp_data_reference_skip(&r, &ref_used, piece, n);
+            same = got == want && used == ref_used;
+            if (same && got) {
+                diff_event_add(e, DIFF_SKIPPED, pos + used, "");
+                skipping = false;
+            }
+        } else {
+            call = "smtp_data_scan";
+            got = (int)smtp_data_scan(&s, &used, piece, n);
+            want = (int)smtp_data_reference_scan(&r, &ref_used, piece, n);
+            same = got == want && used == ref_used &&
+                   strcmp(smtp_data_reject_name(&s), smtp_data_reference_reject_name(&r)) == 0;
+            if (same && got == SMTP_DATA_MORE) {
+                wait = true;
+            } else if (same && got == SMTP_DATA_END) {
+                diff_event_add(e, DIFF_END, pos + used, "");
+            } else if (same && got == SMTP_DATA_BARE_LF) {
+                diff_event_add(e, DIFF_BARE_LF, pos + used, "");
+            } else if (same && got == SMTP_DATA_REJECT) {
+                diff_event_add(e, DIFF_REJECT, pos + used, smtp_data_reject_name(&s));
+                skipping = true;
+            }
+        }
+        free(block);
+        if (!same) {
+            fprintf(stderr,
+                    "%s (%s) at %zu of %zu, %zu bytes offered (cut %zu/%u, align %zu): "
+                    "new %d used %zu why %s, old %d used %zu why %s\n",
+                    call, normalize ? "normalize" : "reject", pos, len, n, cuts.max,
+                    (unsigned)cuts.seed, align, got, used, smtp_data_reject_name(&s), want,
+                    ref_used, smtp_data_reference_reject_name(&r));
+            return 1;
+        }
+        pos += used;
+    }
+}
+
+static bool diff_event_is(const struct diff_events *e, size_t i, enum diff_kind kind, size_t at,
+                          const char *why)
+{
+    return i < e->n && i < sizeof(e->list) / sizeof(e->list[0]) && e->list[i].kind == kind &&
+           e->list[i].at == at && strcmp(e->list[i].why, why) == 0;
+}
+
+/* Long runs without CR or LF (every byte value but those, at every offset of a block), with
+ * what ends or breaks them far from the start, in pieces of many sizes and alignments. */
+static void test_data_scan_long_runs(void)
+{
+    enum { RUN = 100000 };
+    char *data = malloc(RUN + 16);
+    CHECK(data != NULL);
+    for (size_t i = 0; i < RUN; i++) {
+        unsigned char c = (unsigned char)(i * 7 + i / 251);
+        data[i] = c == '\r' || c == '\n' ? 'x' : (char)c;
+    }
+    data[0] = 'x'; /* not NUL: that would start the first line */
+    memcpy(data + RUN, "\r\n.\r\n", 5);
+    static const struct diff_cuts cuts[] = {
+        {0, 0}, {65536, 0}, {64, 0}, {63, 0}, {65, 0}, {1, 0}, {200, 7}, {5000, 11},
+    };
+    static const size_t aligns[] = {0, 1, 7, 15};
+    struct diff_events e;
+    int bad = 0;
+    for (size_t c = 0; c < sizeof(cuts) / sizeof(cuts[0]); c++) {
+        for (size_t a = 0; a < sizeof(aligns) / sizeof(aligns[0]); a++) {
+            for (int normalize = 0; normalize <= 1; normalize++) {
+                bad += diff_feed(&e, data, RUN + 5, normalize, false, cuts[c], aligns[a]);
+                bad += !(e.n == 1 && diff_event_is(&e, 0, DIFF_END, RUN + 5, ""));
+                bad += diff_feed(&e, data, RUN + 5, normalize, true, cuts[c], aligns[a]);
+                bad += !(e.n == 1 && diff_event_is(&e, 0, DIFF_SKIPPED, RUN + 5, ""));
+            }
+        }
+    }
+    CHECK_INT(bad, 0);
+
+    /* A bare CR deep inside: rejected at the byte after it, then skipped to the end. */
+    data[70001] = '\r';
+    data[70002] = 'y';
+    for (size_t c = 0; c < sizeof(cuts) / sizeof(cuts[0]); c++) {
+        CHECK_INT(diff_feed(&e, data, RUN + 5, false, false, cuts[c], 3), 0);
+        CHECK(e.n == 2 && diff_event_is(&e, 0, DIFF_REJECT, 70002, "bare-cr") &&
+              diff_event_is(&e, 1, DIFF_SKIPPED, RUN + 5, ""));
+    }
+    data[70001] = 'x';
+
+    /* A bare LF: rejected, or in normalize mode a line end. */
+    data[4097] = '\n';
+    for (size_t c = 0; c < sizeof(cuts) / sizeof(cuts[0]); c++) {
+        CHECK_INT(diff_feed(&e, data, RUN + 5, false, false, cuts[c], 5), 0);
+        CHECK(e.n == 2 && diff_event_is(&e, 0, DIFF_REJECT, 4097, "bare-lf") &&
+              diff_event_is(&e, 1, DIFF_SKIPPED, RUN + 5, ""));
+        CHECK_INT(diff_feed(&e, data, RUN + 5, true, false, cuts[c], 5), 0);
+        CHECK(e.n == 2 && diff_event_is(&e, 0, DIFF_BARE_LF, 4097, "") &&
+              diff_event_is(&e, 1, DIFF_END, RUN + 5, ""));
+    }
+    free(data);
+}
+
+/* One message of CRLF lines and the end, starting at every alignment. */
+static void test_data_scan_alignments(void)
+{
+    static const char message[] =
+        "From: a@example.org\r\nSubject: alignment\r\n\r\n"
+        "A line of text that is longer than one block of sixteen bytes, and of sixty-four.\r\n"
+        "..a dot-stuffed line\r\n\r\na \0 NUL inside a line is content\r\n"
+        "short\r\nlines\r\nx\r\n\r\n"
+        "The last line, then the end.\r\n.\r\nQUIT\r\n";
+    size_t len = sizeof(message) - 1;
+    size_t end = len - 6;
+    static const struct diff_cuts cuts[] = {{0, 0}, {64, 0}, {17, 0}, {80, 5}};
+    struct diff_events e;
+    for (size_t align = 0; align < 32; align++) {
+        for (size_t c = 0; c < sizeof(cuts) / sizeof(cuts[0]); c++) {
+            for (int normalize = 0; normalize <= 1; normalize++) {
+                CHECK_INT(diff_feed(&e, message, len, normalize, false, cuts[c], align), 0);
+                CHECK(e.n == 1 && diff_event_is(&e, 0, DIFF_END, end, ""));
+            }
+        }
+    }
+}
+
+/*
+ * diff_content writes pseudo-random content to |out| (at most |cap| bytes) and returns its
+ * length: mostly text runs and CRLF, with the bytes and sequences that matter to the
+ * scanner (CR, LF, ".", NUL, the marker, forged markers) mixed in.
+ */
+static size_t diff_content(char *out, size_t cap, uint32_t *rng)
+{
+    static const char *const tokens[] = {
+        "\r\n",  "\r\n", "\r\n",      "\r\n",  "\n",      "\r",      ".",       "\0",
+        "\r\n.", "..",   "\r\n.\r\n", "\n.\n", "\r.\r\n", "\r\n.\n", "\n.\r\n", "\r\n\0",
+    };
+    size_t n_tokens = sizeof(tokens) / sizeof(tokens[0]);
+    size_t target = diff_random(rng) % 8 == 0 ? diff_random(rng) % cap : diff_random(rng) % 400;
+    size_t len = 0;
+    while (len < target) {
+        uint32_t r = diff_random(rng);
+        if (r % 2 == 0) {
+            /* A text run: mostly short, sometimes long; a few 8-bit bytes. */
+            size_t run = r % 16 == 0 ? (r >> 8) % 1500 : (r >> 8) % 120;
+            for (size_t i = 0; i < run && len < cap; i++) {
+                uint32_t b = diff_random(rng);
+                out[len++] = b % 64 == 0 ? (char)(0x80 | (b >> 8)) : (char)('a' + (b >> 8) % 26);
+            }
+        } else {
+            const char *t = tokens[(r >> 1) % n_tokens];
+            /* "\0" and "\r\n\0" hold a NUL that strlen() does not count. */
+            size_t t_len = t[0] == '\0' ? 1 : strlen(t) + (strcmp(t, "\r\n") == 0 && r % 64 == 1);
+            for (size_t i = 0; i < t_len && len < cap; i++) {
+                out[len++] = t[i];
+            }
+        }
+    }
+    return len;
+}
+
+/* Thousands of pseudo-random contents, both modes, random pieces and alignments: the new
+ * scanner gives what the old one gave, call by call (libFuzzer does more of this in
+ * tests/fuzz/fuzz_smtp_data_diff.c). */
+static void test_data_scan_differential(void)
+{
+    enum { N_INPUTS = 4000, CAP = 5000 };
+    char *data = malloc(CAP);
+    CHECK(data != NULL);
+    uint32_t rng = 0x5eed1234u;
+    int bad = 0;
+    size_t n_events = 0;
+    for (int round = 0; round < N_INPUTS; round++) {
+        size_t len = diff_content(data, CAP, &rng);
+        for (int normalize = 0; normalize <= 1; normalize++) {
+            struct diff_cuts cuts = {diff_random(&rng) % 4 == 0 ? 0 : 1 + diff_random(&rng) % 200,
+                                     diff_random(&rng) % 3 == 0 ? 0 : diff_random(&rng) | 1};
+            size_t align = diff_random(&rng) % 16;
+            struct diff_events e;
+            bad += diff_feed(&e, data, len, normalize, round % 9 == 0, cuts, align);
+            n_events += e.n;
+        }
+    }
+    CHECK_INT(bad, 0);
+    CHECK(n_events > N_INPUTS); /* the inputs do reach the events */
+    free(data);
+}
+
 static void test_ehlo_caps(void)
 {
     static const char reply[] = "250-mx.example\r\n250-STARTTLS\r\n250-CHUNKING\r\n250 SIZE 10\r\n";
@@ -2073,5 +2508,15 @@ int main(void)
     test_data_scan_state();
     test_data_scan_rejected_after_skip();
     test_skip_bad_data();
+    test_data_scan_block_offsets();
+    test_data_scan_block_pairs();
+    test_data_scan_lengths();
+    test_data_scan_long_runs();
+    test_data_scan_alignments();
+    test_data_scan_differential();
+#ifdef SMTP_SCAN_PORTABLE
+    return check_exit("test_smtp (portable scan)");
+#else
     return check_exit("test_smtp");
+#endif
 }
