@@ -160,6 +160,13 @@ static const struct conf_name conf_back_starttls_names[] = {
     {NULL, 0, false},
 };
 
+static const struct conf_name conf_recipient_policies_names[] = {
+    {"auto", CONF_RECIPIENT_POLICIES_AUTO, false},
+    {"on", CONF_RECIPIENT_POLICIES_ON, false},
+    {"off", CONF_RECIPIENT_POLICIES_OFF, false},
+    {NULL, 0, false},
+};
+
 static const struct conf_name conf_tls_version_names[] = {
     {"TLSv1.0", CONF_TLS_1_0, false},
     {"TLSv1.1", CONF_TLS_1_1, false},
@@ -238,6 +245,7 @@ static const struct conf_section conf_sections[] = {
     {"upstream_policy", "; write the policy first, as in \"may = *.example.com\""},
     {"timeouts", ""},
     {"limits", ""},
+    {"recipient_policy", ""},
     {"store", ""},
     {"log", ""},
     {"metrics", ""},
@@ -319,6 +327,37 @@ static const struct conf_key conf_keys[] = {
     {"upstream_tls", "key", "", CONF_FIELD(back_tls.key), CONF_STRING(CONF_KEY_READABLE)},
     {"upstream_tls", "verify", "none", CONF_FIELD(back_tls.verify), CONF_ENUM(conf_verify_names)},
     {"upstream_tls", "ca_file", "", CONF_FIELD(back_tls.ca_file), CONF_STRING(CONF_KEY_READABLE)},
+    {"upstream_tls", "recipient_policies", "auto", CONF_FIELD(back_tls.recipient_policies),
+     CONF_ENUM(conf_recipient_policies_names)},
+
+    /* The downgrade gate's sources and bounds (RFC 8461, 7672, 8689, 8460). */
+    {"recipient_policy", "mta_sts", "on", CONF_FIELD(recipients.mta_sts),
+     CONF_ENUM(conf_bool_names)},
+    {"recipient_policy", "dane", "on", CONF_FIELD(recipients.dane), CONF_ENUM(conf_bool_names)},
+    {"recipient_policy", "requiretls", "on", CONF_FIELD(recipients.requiretls),
+     CONF_ENUM(conf_bool_names)},
+    {"recipient_policy", "ca_file", "", CONF_FIELD(recipients.ca_file),
+     CONF_STRING(CONF_KEY_READABLE)},
+    {"recipient_policy", "unbound_config", "", CONF_FIELD(recipients.unbound_config),
+     CONF_STRING(CONF_KEY_READABLE)},
+    {"recipient_policy", "dns_timeout", "5s", CONF_FIELD(recipients.dns_timeout_ms),
+     CONF_NUMBER(CONF_UNIT_DURATION, 100, 60 * CONF_SECOND)},
+    {"recipient_policy", "fetch_timeout", "10s", CONF_FIELD(recipients.fetch_timeout_ms),
+     CONF_NUMBER(CONF_UNIT_DURATION, 100, 60 * CONF_SECOND)},
+    {"recipient_policy", "max_policy_size", "64k", CONF_FIELD(recipients.max_policy_size),
+     CONF_NUMBER(CONF_UNIT_SIZE, 1024, 1048576)},
+    {"recipient_policy", "cache_entries", "10000", CONF_FIELD(recipients.cache_entries),
+     CONF_NUMBER(CONF_UNIT_COUNT, 1, 10000000)},
+    {"recipient_policy", "wait", "30s", CONF_FIELD(recipients.wait_ms),
+     CONF_NUMBER(CONF_UNIT_DURATION, CONF_SECOND, 5 * 60 * CONF_SECOND)},
+    {"recipient_policy", "tlsrpt_directory", "", CONF_FIELD(recipients.tlsrpt_directory),
+     CONF_STRING(0)},
+    {"recipient_policy", "tlsrpt_submit", "off", CONF_FIELD(recipients.tlsrpt_submit),
+     CONF_ENUM(conf_bool_names)},
+    {"recipient_policy", "tlsrpt_organization", "", CONF_FIELD(recipients.tlsrpt_organization),
+     CONF_STRING(0)},
+    {"recipient_policy", "tlsrpt_contact", "", CONF_FIELD(recipients.tlsrpt_contact),
+     CONF_STRING(0)},
 
     /* The policy is the key, the patterns the value; see conf_sections[]. */
     {"upstream_policy", "off", NULL, .set = conf_set_policy, .flags = CONF_KEY_REPEAT},
@@ -1599,6 +1638,10 @@ static void conf_finish(struct conf_load *ld)
     if (conf->store.password_file != NULL) {
         conf_read_password(ld);
     }
+    enum conf_recipient_policies rp = conf->back_tls.recipient_policies;
+    conf->recipients.enabled =
+        rp == CONF_RECIPIENT_POLICIES_ON ||
+        (rp == CONF_RECIPIENT_POLICIES_AUTO && conf->mode == CONF_MODE_TRANSPARENT);
 }
 
 static void conf_set_inih_options(void)
@@ -1681,6 +1724,11 @@ void conf_free(struct conf *conf)
     free(conf->back_tls.key);
     free(conf->back_tls.ca_file);
     free(conf->store.password_file);
+    free(conf->recipients.ca_file);
+    free(conf->recipients.unbound_config);
+    free(conf->recipients.tlsrpt_directory);
+    free(conf->recipients.tlsrpt_organization);
+    free(conf->recipients.tlsrpt_contact);
     explicit_bzero(conf->store.redis.password, sizeof(conf->store.redis.password));
     free(conf);
 }

@@ -18,6 +18,8 @@
 #define CONF_DEFAULT_PATH "/etc/smtp-tls-proxy/smtp-tls-proxy.ini"
 #define CONF_HOST_MAX 255
 #define CONF_STORE_PREFIX_MAX 64
+#define CONF_SYSTEM_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
+#define CONF_ROOT_TRUST_ANCHOR "/usr/share/dns/root.key"
 
 /* A "host:port" or "[v6]:port" from the file. host is a name or a numeric address. */
 struct conf_addr {
@@ -76,6 +78,13 @@ enum conf_back_starttls {
 enum conf_verify {
     CONF_VERIFY_NONE = 0,
     CONF_VERIFY_CA,
+};
+
+/* [upstream_tls] recipient_policies: whether the downgrade gate judges recipients. */
+enum conf_recipient_policies {
+    CONF_RECIPIENT_POLICIES_AUTO = 0, /* on in transparent mode, off in forward mode */
+    CONF_RECIPIENT_POLICIES_ON,
+    CONF_RECIPIENT_POLICIES_OFF,
 };
 
 /* TLS protocol versions, ordered; values are not BoringSSL's constants. */
@@ -174,7 +183,27 @@ struct conf {
         char *key;
         enum conf_verify verify;
         char *ca_file;
+        enum conf_recipient_policies recipient_policies;
     } back_tls;
+
+    /* [recipient_policy]: the downgrade gate (MTA-STS, DANE, REQUIRETLS, TLS-RPT) */
+    struct {
+        bool enabled; /* [upstream_tls] recipient_policies, auto resolved by mode */
+        bool mta_sts;
+        bool dane;
+        bool requiretls;
+        char *ca_file;        /* WebPKI roots; NULL: CONF_SYSTEM_CA_FILE */
+        char *unbound_config; /* NULL: resolv.conf forwarders and the root trust anchor */
+        uint64_t dns_timeout_ms;
+        uint64_t fetch_timeout_ms;
+        uint64_t max_policy_size;
+        size_t cache_entries;
+        uint64_t wait_ms;       /* the longest a RCPT waits for the lookups it needs */
+        char *tlsrpt_directory; /* NULL: no TLS-RPT reports */
+        bool tlsrpt_submit;
+        char *tlsrpt_organization; /* NULL: hostname */
+        char *tlsrpt_contact;      /* NULL: postmaster@hostname */
+    } recipients;
 
     /* [upstream_policy] in file order */
     struct conf_policy policy[CONF_POLICY_MAX];

@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 
 #include "anvil.h"
+#include "sts_cache.h"
 #include "conf.h"
 #include "health.h"
 #include "learn.h"
@@ -111,13 +112,29 @@ static struct runtime *main_runtime(char *err, size_t err_len, bool *out_self_si
             return NULL;
         }
     }
+    struct tlsio_ctx *webpki = NULL;
+    if (conf->recipients.enabled && conf->recipients.mta_sts) {
+        const char *roots =
+            conf->recipients.ca_file != NULL ? conf->recipients.ca_file : CONF_SYSTEM_CA_FILE;
+        webpki = tlsio_ctx_new_webpki(why, sizeof(why), roots);
+        if (webpki == NULL) {
+            snprintf(err, err_len, "%s: [recipient_policy]: %s", conf->path, why);
+            tlsio_ctx_free(front);
+            tlsio_ctx_free(back);
+            conf_free(conf);
+            return NULL;
+        }
+    }
     struct runtime *r = runtime_new(conf, front, back);
     if (r == NULL) {
         snprintf(err, err_len, "out of memory");
         tlsio_ctx_free(front);
         tlsio_ctx_free(back);
+        tlsio_ctx_free(webpki);
         conf_free(conf);
+        return NULL;
     }
+    r->webpki_ctx = webpki;
     return r;
 }
 
@@ -228,7 +245,7 @@ static struct anvil_config main_anvil_config(const struct conf *conf)
  * restart); the rest of the new configuration applies at once. */
 static void main_log_restart_needed(const struct conf *conf, const struct conf *old)
 {
-    char restart[96] = "";
+    char restart[128] = "";
     if (conf->workers != old->workers) {
         strcat(restart, " workers");
     }
@@ -240,6 +257,13 @@ static void main_log_restart_needed(const struct conf *conf, const struct conf *
         (conf->metrics_enabled &&
          !listener_same_addr(&conf->metrics_listen, &old->metrics_listen))) {
         strcat(restart, " [metrics]listen");
+    }
+    if (conf->recipients.enabled != old->recipients.enabled ||
+        conf->recipients.dns_timeout_ms != old->recipients.dns_timeout_ms ||
+        (conf->recipients.unbound_config == NULL) != (old->recipients.unbound_config == NULL) ||
+        (conf->recipients.unbound_config != NULL &&
+         strcmp(conf->recipients.unbound_config, old->recipients.unbound_config) != 0)) {
+        strcat(restart, " [recipient_policy]");
     }
     if (conf->store.enabled != old->store.enabled ||
         conf->store.timeout_ms != old->store.timeout_ms ||
@@ -317,6 +341,7 @@ static void main_reload(struct runtime **current, struct worker *workers, unsign
                     c->back_tls.remember_failures_ms);
     struct anvil_config limits = main_anvil_config(c);
     anvil_configure(shared->anvil, &limits);
+    sts_cache_configure(shared->sts_cache, c->recipients.cache_entries);
     for (unsigned w = 0; w < n_workers; w++) {
         /* One reload at a time: the next one is computed against this one's listeners. */
         if (worker_reload(&workers[w], runtime_ref(fresh), fds[w])) {
@@ -614,6 +639,11 @@ int main(int argc, char **argv)
     }
     unsigned n_workers = main_worker_count(conf);
     shared.store.n_workers = n_workers;
+    shared.sts_cache = sts_cache_new(conf->recipients.cache_entries);
+    if (shared.sts_cache == NULL) {
+        log_fatal("out of memory");
+        return 1;
+    }
     /* store_up is 0 only for a configured store that is unreachable. */
     metrics_gauge_set(METRICS_STORE_UP, conf->store.enabled ? 0 : 1);
 
@@ -644,5 +674,6 @@ int main(int argc, char **argv)
     learn_free(shared.front_learned);
     learn_free(shared.back_memory);
     anvil_free(shared.anvil);
+    sts_cache_free(shared.sts_cache);
     return 0;
 }

@@ -30,6 +30,8 @@ struct metrics_series {
 #define METRICS_STORE_LOOKUPS_HELP                                                                 \
     "Lookups in the shared store, by answer: found, absent, unanswered in time, or not "           \
     "asked (unavailable)."
+#define METRICS_GATE_HELP                                                                          \
+    "Recipients judged by the downgrade gate (MTA-STS, DANE, REQUIRETLS), by outcome."
 #define METRICS_LIMITS_HELP "Clients refused over a per-client limit, by limit."
 #define METRICS_BYTES_HELP "Bytes received, from clients (in) and from upstreams (out)."
 #define METRICS_FRONT_STARTTLS_HELP                                                                \
@@ -141,6 +143,20 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
     /* PROXY_VERSION is the build's version, the one -V prints (CMakeLists.txt). */
     [METRICS_BUILD_INFO] = {"build_info", "version=\"" PROXY_VERSION "\"", METRICS_INFO,
                             "The proxy's version, as a label; the value is always 1."},
+    [METRICS_GATE_PASSED] = {"gate_decisions_total", "result=\"passed\"", METRICS_COUNTER,
+                             METRICS_GATE_HELP},
+    [METRICS_GATE_TESTING_FAILURES] = {"gate_decisions_total", "result=\"testing-failure\"",
+                                       METRICS_COUNTER, METRICS_GATE_HELP},
+    [METRICS_GATE_REFUSED_DANE] = {"gate_decisions_total", "result=\"refused-dane\"",
+                                   METRICS_COUNTER, METRICS_GATE_HELP},
+    [METRICS_GATE_REFUSED_STS] = {"gate_decisions_total", "result=\"refused-mta-sts\"",
+                                  METRICS_COUNTER, METRICS_GATE_HELP},
+    [METRICS_GATE_REFUSED_REQUIRETLS] = {"gate_decisions_total", "result=\"refused-requiretls\"",
+                                         METRICS_COUNTER, METRICS_GATE_HELP},
+    [METRICS_STS_FETCHES] = {"mta_sts_fetches_total", NULL, METRICS_COUNTER,
+                             "MTA-STS policy fetches started (RFC 8461)."},
+    [METRICS_STS_FETCH_FAILURES] = {"mta_sts_fetch_failures_total", NULL, METRICS_COUNTER,
+                                    "MTA-STS policy fetches that brought no valid policy."},
     [METRICS_STORE_UP] = {"store_up", NULL, METRICS_GAUGE,
                           "1 when every worker is connected to the [store] redis (or none is "
                           "configured), 0 when it is configured and unreachable."},

@@ -74,6 +74,14 @@ enum metrics_counter {
     METRICS_STORE_LOOKUPS_ABSENT,
     METRICS_STORE_LOOKUPS_UNANSWERED,  /* not within [store] timeout, or the connection broke */
     METRICS_STORE_LOOKUPS_UNAVAILABLE, /* not asked: not connected, or too busy */
+    /* gate_decisions_total{result=...}: recipients judged by the downgrade gate */
+    METRICS_GATE_PASSED,
+    METRICS_GATE_TESTING_FAILURES, /* passed, but an MTA-STS testing policy failed */
+    METRICS_GATE_REFUSED_DANE,
+    METRICS_GATE_REFUSED_STS,
+    METRICS_GATE_REFUSED_REQUIRETLS,
+    METRICS_STS_FETCHES,        /* mta_sts_fetches_total: policy fetches started */
+    METRICS_STS_FETCH_FAILURES, /* mta_sts_fetch_failures_total */
     /* reloads_total{result=...}: SIGHUP reloads applied ("ok") or refused ("failed") */
     METRICS_RELOADS_OK,
     METRICS_RELOADS_FAILED,
@@ -99,7 +107,7 @@ enum metrics_histogram {
  * version in build_info, so that a new version number needs no edit here. A buffer this
  * size always holds the whole text; test_metrics checks that it matches metrics_render_max().
  */
-#define METRICS_RENDER_MAX (11061 + sizeof(PROXY_VERSION) - 1)
+#define METRICS_RENDER_MAX (12067 + sizeof(PROXY_VERSION) - 1)
 
 /* metrics_inc adds 1 to the counter |id|. */
 void metrics_inc(enum metrics_counter id);

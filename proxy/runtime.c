@@ -18,6 +18,7 @@ struct runtime *runtime_new(struct conf *conf, struct tlsio_ctx *front_ctx,
     r->conf = conf;
     r->front_ctx = front_ctx;
     r->back_ctx = back_ctx;
+    r->webpki_ctx = NULL;
     return r;
 }
 
@@ -34,6 +35,7 @@ void runtime_unref(struct runtime *r)
     }
     tlsio_ctx_free(r->front_ctx);
     tlsio_ctx_free(r->back_ctx);
+    tlsio_ctx_free(r->webpki_ctx);
     conf_free(r->conf);
     free(r);
 }

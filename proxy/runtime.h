@@ -15,8 +15,9 @@ struct tlsio_ctx;
 struct runtime {
     _Atomic int refs;
     struct conf *conf;
-    struct tlsio_ctx *front_ctx; /* leg 1; NULL with [client_tls] starttls = strip */
-    struct tlsio_ctx *back_ctx;  /* leg 2; NULL when STARTTLS upstream is never used */
+    struct tlsio_ctx *front_ctx;  /* leg 1; NULL with [client_tls] starttls = strip */
+    struct tlsio_ctx *back_ctx;   /* leg 2; NULL when STARTTLS upstream is never used */
+    struct tlsio_ctx *webpki_ctx; /* the gate's WebPKI roots; NULL when the gate is off */
 };
 
 /* runtime_new takes ownership of |conf| and the two contexts (either may be NULL) and

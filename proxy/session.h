@@ -18,6 +18,7 @@ struct runtime;
 struct learn;
 struct anvil;
 struct store;
+struct gate;
 
 /* What one event loop gives its sessions; owned by the worker that runs the loop. */
 struct session_env {
@@ -27,6 +28,7 @@ struct session_env {
     struct learn *back_memory;       /* per upstream, the fallback step that worked */
     struct anvil *anvil;             /* per-client limits (shared by all loops) */
     struct store *store;             /* this loop's connection to the shared store, or NULL */
+    struct gate *gate;               /* this loop's recipient policy lookups, or NULL */
     _Atomic unsigned *n_connections; /* open sessions across all loops, for max_connections */
     struct session *sessions;        /* this loop's live sessions, for the drain */
     uint64_t next_id;                /* session ids: a per-loop random walk */

@@ -292,6 +292,7 @@ void session_back_negotiate(struct session *s)
  */
 static void session_back_negotiated(struct session *s, int code)
 {
+    s->back_generation++; /* the gate judges recipients against this connection now */
     session_back_remember(s);
     switch (s->back_purpose) {
     case SESSION_BACK_FIRST:
@@ -320,6 +321,10 @@ static void session_back_negotiated(struct session *s, int code)
         if (s->back_purpose == SESSION_BACK_REOPEN) {
             session_back_enter(s, SESSION_BACK_READY);
             session_replay_message_done(s);
+        } else if (!session_gate_leg_still_good(s)) {
+            /* The replay would carry recipients whose policy this connection fails. */
+            session_finish(s, REASON_END_UPSTREAM_REPLAY_FAILED, "421 4.7.0",
+                           "TLS to the recipient's server was lost, try again later");
         } else {
             session_back_enter(s, SESSION_BACK_REPLAY);
         }

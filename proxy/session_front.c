@@ -25,43 +25,6 @@
 /* A SASL response may be longer than a command line (RFC 4954 section 4: 12288 octets). */
 #define SESSION_SASL_LINE_MAX (12288 + 2)
 
-static const char *const session_local_replies[] = {
-    [SESSION_LOCAL_LINE_TOO_LONG] = "500 5.5.2 Line too long\r\n",
-    [SESSION_LOCAL_BAD_SYNTAX] =
-        "500 5.5.2 Syntax error: leading whitespace, NUL or bare CR in command\r\n",
-    [SESSION_LOCAL_MAIL_PATH_TOO_LONG] = "501 5.1.7 Path too long\r\n",
-    [SESSION_LOCAL_RCPT_PATH_TOO_LONG] = "501 5.1.3 Path too long\r\n",
-    [SESSION_LOCAL_PATH_SYNTAX] = "501 5.5.4 Syntax: MAIL FROM:<address> or RCPT TO:<address>\r\n",
-    [SESSION_LOCAL_BDAT_SYNTAX] = "501 5.5.4 Syntax: BDAT size [LAST]\r\n",
-    [SESSION_LOCAL_HELO_SYNTAX] = "501 5.5.4 Syntax: EHLO hostname\r\n",
-    /* starttls = strip: STARTTLS is "not implemented" here (502), not "temporarily
-     * unavailable" (454), which would invite the client to try again and again. */
-    [SESSION_LOCAL_STARTTLS_UNAVAILABLE] = "502 5.5.1 STARTTLS not available\r\n",
-    [SESSION_LOCAL_BDAT_UNSUPPORTED] = "502 5.5.1 BDAT not supported by this server\r\n",
-    [SESSION_LOCAL_REJECTED_CONTENT] =
-        "550 5.5.2 Message rejected: bare CR, bare LF next to a \".\" line, or NUL starting a "
-        "line (RFC 5321 section 2.3.8)\r\n",
-    [SESSION_LOCAL_OK] = "250 2.0.0 OK\r\n",
-    [SESSION_LOCAL_BYE] = "221 2.0.0 Bye\r\n",
-    /* RFC 3207 section 4: STARTTLS after TLS is a bad sequence. */
-    [SESSION_LOCAL_TLS_ACTIVE] = "503 5.5.1 TLS already active\r\n",
-    [SESSION_LOCAL_STARTTLS_SYNTAX] = "501 5.5.4 Syntax: STARTTLS\r\n",
-    /* Not offered to this client (a learned failure or never_offer_to): temporary. */
-    [SESSION_LOCAL_TLS_HIDDEN] = "454 4.7.0 TLS not available\r\n",
-    [SESSION_LOCAL_STARTTLS_IN_TRANSACTION] =
-        "503 5.5.1 STARTTLS not allowed during a mail transaction\r\n",
-    /* RFC 3207 section 4.2: after TLS the client starts over with EHLO. */
-    [SESSION_LOCAL_EHLO_FIRST] = "503 5.5.1 Send EHLO first\r\n",
-    /* Nothing goes upstream before the client's EHLO/HELO, so the identity (XCLIENT) and
-     * leg 2's TLS always come first on the upstream connection. */
-    [SESSION_LOCAL_HELLO_FIRST] = "503 5.5.1 Send EHLO or HELO first\r\n",
-    [SESSION_LOCAL_TLS_REQUIRED] = "530 5.7.0 Must issue a STARTTLS command first\r\n",
-    /* The upstream may trust the proxy's address for XCLIENT: a client must never use it. */
-    [SESSION_LOCAL_XCLIENT_DENIED] = "550 5.7.0 XCLIENT not permitted\r\n",
-    /* Postfix's reply over smtpd_client_message_rate_limit: this MAIL only, not the session */
-    [SESSION_LOCAL_MESSAGE_RATE] = "450 4.7.1 Too much mail from your address, try again later\r\n",
-};
-
 /* ---- the pipeline ------------------------------------------------------------------------ */
 
 /* session_kind_waits_back tells whether a place waits for an upstream reply. */
@@ -185,6 +148,17 @@ static void session_forward(struct session *s, const char *line, size_t len,
     session_push(s, kind, 0);
 }
 
+void session_front_forward(struct session *s, const char *line, size_t len,
+                           enum session_pending_kind kind)
+{
+    session_forward(s, line, len, kind);
+}
+
+void session_front_reply(struct session *s, enum session_local_reply local)
+{
+    session_reply_locally(s, local);
+}
+
 /*
  * session_refuse answers a well-formed command locally. A refused BDAT still has its chunk
  * coming (RFC 3030 section 2): it is read and thrown away, never parsed as commands, and
@@ -281,6 +255,9 @@ static void session_verb_mail(struct session *s, const struct smtp_command *cmd,
         session_reply_locally(s, SESSION_LOCAL_MESSAGE_RATE);
         return;
     }
+    if (!session_gate_mail(s, cmd)) {
+        return;
+    }
     s->in_transaction = true;
     session_forward(s, line, len, SESSION_PENDING_MAIL);
     session_replay_note(s, cmd->verb, line, len);
@@ -343,6 +320,17 @@ static void session_verb_other(struct session *s, const struct smtp_command *cmd
     session_replay_note(s, cmd->verb, line, len);
 }
 
+/* session_verb_rcpt: under the downgrade gate, each recipient is judged first. */
+static void session_verb_rcpt(struct session *s, const struct smtp_command *cmd, const char *line,
+                              size_t len)
+{
+    if (session_gate_on(s)) {
+        session_gate_rcpt(s, cmd, line, len);
+    } else {
+        session_verb_other(s, cmd, line, len);
+    }
+}
+
 /* session_verb_starttls answers STARTTLS (RFC 3207); it is never forwarded upstream. */
 static void session_verb_starttls(struct session *s, const struct smtp_command *cmd,
                                   const char *line, size_t len)
@@ -386,7 +374,7 @@ static const struct session_verb {
     {SMTP_VERB_EHLO, SESSION_VERB_BEFORE_HELLO | SESSION_VERB_AFTER_TLS | SESSION_VERB_WITHOUT_TLS,
      session_verb_hello},
     {SMTP_VERB_MAIL, 0, session_verb_mail},
-    {SMTP_VERB_RCPT, 0, session_verb_other},
+    {SMTP_VERB_RCPT, 0, session_verb_rcpt},
     {SMTP_VERB_DATA, 0, session_verb_data},
     {SMTP_VERB_BDAT, 0, session_verb_bdat},
     {SMTP_VERB_RSET, SESSION_VERB_BEFORE_HELLO | SESSION_VERB_AFTER_TLS | SESSION_VERB_WITHOUT_TLS,
@@ -617,7 +605,7 @@ bool session_front_in_content(const struct session *s)
 bool session_front_blocked(const struct session *s)
 {
     /* The client's commands wait for what the shared store knows about the peers. */
-    if (s->state != SESSION_RELAY || session_learn_waiting(s)) {
+    if (s->state != SESSION_RELAY || session_learn_waiting(s) || session_gate_waiting(s)) {
         return true;
     }
     bool back_full = leg_unsent(&s->back) >= LEG_HIGH_WATER;
@@ -828,6 +816,16 @@ void session_front_edit_ehlo(struct session *s, const char *reply, size_t len, b
     unsigned drop = SMTP_CAP_XCLIENT;
     if (s->back.tls_active && !s->front.tls_active) {
         drop |= SMTP_CAP_AUTH;
+    }
+    /* REQUIRETLS only where both legs can honour it (RFC 8689): never a promise that a
+     * cleartext fallback could break. */
+    unsigned seen = 0;
+    if (smtp_ehlo_caps(&seen, reply, len) == SMTP_OK) {
+        s->back_caps = seen;
+    }
+    s->offered_requiretls = session_gate_offers_requiretls(s);
+    if (!s->offered_requiretls) {
+        drop |= SMTP_CAP_REQUIRETLS;
     }
     enum smtp_result rc = smtp_ehlo_edit(out, &out_len, &caps, cap, reply, len, add_starttls, drop);
     if (rc == SMTP_OK) {

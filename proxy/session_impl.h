@@ -38,6 +38,9 @@
 #include "store.h"
 #include "tlsio.h"
 
+struct gate_lookup;
+struct session_gate;
+
 /* Commands forwarded or answered but not yet replied to; more wait in the input buffer. */
 #define SESSION_PENDING_MAX 64
 /* After the last reply, how long the client may go on sending before we close anyway. */
@@ -107,6 +110,19 @@ enum session_local_reply {
     SESSION_LOCAL_TLS_REQUIRED,
     SESSION_LOCAL_XCLIENT_DENIED,
     SESSION_LOCAL_MESSAGE_RATE,
+    /* the downgrade gate's refusals (session_gate.c), one per kind, naming the policy */
+    SESSION_LOCAL_GATE_STS_TLS,
+    SESSION_LOCAL_GATE_STS_CERT,
+    SESSION_LOCAL_GATE_DANE_TLS,
+    SESSION_LOCAL_GATE_DANE_CERT,
+    SESSION_LOCAL_GATE_DANE_NOT_MX,
+    SESSION_LOCAL_GATE_DNSSEC,
+    SESSION_LOCAL_GATE_DNS_FAILED,
+    SESSION_LOCAL_GATE_TIMEOUT,
+    SESSION_LOCAL_GATE_IDN,
+    SESSION_LOCAL_GATE_REQUIRETLS_TEMP,
+    SESSION_LOCAL_GATE_REQUIRETLS_PERM,
+    SESSION_LOCAL_REQUIRETLS_UNAVAILABLE,
 };
 
 /* What became of STARTTLS on leg 1, for the session line. */
@@ -161,6 +177,7 @@ enum session_wait {
     SESSION_WAIT_CONTENT,      /* the client's next block of message content */
     SESSION_WAIT_FRONT_TLS,    /* the client's handshake */
     SESSION_WAIT_CLOSING,      /* the goodbye */
+    SESSION_WAIT_GATE,         /* a RCPT's recipient policy lookups */
 };
 
 struct session_pending {
@@ -219,8 +236,12 @@ struct session {
     unsigned n_pending;
     unsigned n_pending_back; /* places that wait for an upstream reply */
     struct smtp_reply_parser reply_parser;
-    struct buf reply;   /* a reply collected whole: an EHLO reply, a negotiation reply */
-    unsigned back_caps; /* enum smtp_cap flags of the upstream's last EHLO reply */
+    struct buf reply;          /* a reply collected whole: an EHLO reply, a negotiation reply */
+    unsigned back_caps;        /* enum smtp_cap flags of the upstream's last EHLO reply */
+    struct session_gate *gate; /* the downgrade gate's state, from the first RCPT it judges */
+    bool requiretls;           /* the transaction's MAIL asked for REQUIRETLS */
+    bool offered_requiretls;   /* our EHLO reply to the client advertised it */
+    unsigned back_generation;  /* counts leg-2 connections negotiated */
 
     /* Leg 2. */
     enum session_back_state back_state;
@@ -276,6 +297,7 @@ void session_on_back_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
 void session_on_back_connect(uv_connect_t *req, int status);
 void session_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
 store_answer_fn session_on_client_known;
+void session_on_gate_facts(void *arg, struct gate_lookup *q);
 store_answer_fn session_on_upstream_known;
 void session_on_back_closed(uv_handle_t *handle);
 void session_start_back(struct session *s);
@@ -300,6 +322,9 @@ void session_front_edit_ehlo(struct session *s, const char *reply, size_t len, b
 bool session_front_in_content(const struct session *s);
 enum session_pending_kind session_front_head(const struct session *s);
 void session_front_send_ready_local_replies(struct session *s);
+void session_front_forward(struct session *s, const char *line, size_t len,
+                           enum session_pending_kind kind);
+void session_front_reply(struct session *s, enum session_local_reply local);
 
 /* session_back.c */
 void session_back_enter(struct session *s, enum session_back_state next);
@@ -330,8 +355,29 @@ void session_learn_upstream_greeted(struct session *s);
 void session_learn_upstream_answer(struct session *s, enum store_answer answer, const char *value);
 uint8_t session_learn_upstream_step(struct session *s);
 void session_learn_upstream_worked(struct session *s);
+void session_learn_upstream_forget(struct session *s);
 bool session_learn_waiting(const struct session *s);
 void session_learn_end(struct session *s);
+
+/* session_limits.c */
+bool session_exempt(const struct conf *c, const struct sockaddr *sa);
+bool session_within_limits(struct session *s);
+void session_log_cap_reached(const struct session *s);
+
+/* session_replies.c: the text of each enum session_local_reply, CRLF included */
+extern const char *const session_local_replies[];
+
+/* session_gate.c */
+bool session_gate_on(const struct session *s);
+bool session_gate_waiting(const struct session *s);
+void session_gate_rcpt(struct session *s, const struct smtp_command *cmd, const char *line,
+                       size_t len);
+void session_gate_facts_ready(struct session *s);
+void session_gate_timeout(struct session *s);
+bool session_gate_offers_requiretls(const struct session *s);
+bool session_gate_mail(struct session *s, const struct smtp_command *cmd);
+bool session_gate_leg_still_good(struct session *s);
+void session_gate_end(struct session *s);
 
 /* session_replay.c */
 void session_replay_note(struct session *s, enum smtp_verb verb, const char *line, size_t len);

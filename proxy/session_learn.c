@@ -183,6 +183,15 @@ void session_learn_upstream_worked(struct session *s)
     store_set(s->env->store, STORE_UPSTREAM, sa, ladder_name(&s->attempt), ttl_ms);
 }
 
+void session_learn_upstream_forget(struct session *s)
+{
+    if (learn_remove_addr(s->env->back_memory, &s->back_sa.sa)) {
+        log_info(s->id, "back-tls-reprobe",
+                 "upstream=%s reason=\"a recipient's policy requires TLS\"", s->back_addr);
+    }
+    store_delete(s->env->store, STORE_UPSTREAM, &s->back_sa.sa);
+}
+
 /* ---- waiting and ending ------------------------------------------------------------------ */
 
 bool session_learn_waiting(const struct session *s)

@@ -390,6 +390,7 @@ static const struct {
     {"XCLIENT", 7, SMTP_CAP_XCLIENT},
     {"BINARYMIME", 10, SMTP_CAP_BINARYMIME},
     {"AUTH", 4, SMTP_CAP_AUTH},
+    {"REQUIRETLS", 10, SMTP_CAP_REQUIRETLS},
 };
 
 /* RFC 5321 section 4.1.1.1: ehlo-line = ehlo-keyword *( SP ehlo-param ). */

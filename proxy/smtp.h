@@ -168,6 +168,7 @@ enum smtp_cap {
     SMTP_CAP_XCLIENT = 1u << 5,
     SMTP_CAP_BINARYMIME = 1u << 6,
     SMTP_CAP_AUTH = 1u << 7,
+    SMTP_CAP_REQUIRETLS = 1u << 8, /* RFC 8689 */
 };
 
 /*

@@ -136,6 +136,12 @@ static struct tlsio_ctx *tlsio_ctx_alloc(char *out_err, size_t out_err_len, bool
     return c;
 }
 
+struct tlsio_ctx *tlsio_ctx_ref(struct tlsio_ctx *ctx)
+{
+    SSL_CTX_up_ref(ctx->ssl_ctx);
+    return ctx;
+}
+
 void tlsio_ctx_free(struct tlsio_ctx *ctx)
 {
     if (ctx != NULL) {
@@ -834,4 +840,104 @@ bool tlsio_peer_fingerprint(const struct tlsio *t, char *out, size_t out_size)
     }
     out[7 + 2 * sizeof(digest)] = '\0';
     return true;
+}
+
+struct tlsio_ctx *tlsio_ctx_new_webpki(char *out_err, size_t out_err_len, const char *ca_file)
+{
+    struct tlsio_ctx *c = tlsio_ctx_alloc(out_err, out_err_len, false);
+    if (c == NULL) {
+        return NULL;
+    }
+    /* RFC 8461 section 3.3 and RFC 7672 section 4: TLS 1.2 at least. */
+    ERR_clear_error();
+    if (!SSL_CTX_set_min_proto_version(c->ssl_ctx, TLS1_2_VERSION) ||
+        !SSL_CTX_set_max_proto_version(c->ssl_ctx, TLS1_3_VERSION) ||
+        !SSL_CTX_load_verify_locations(c->ssl_ctx, ca_file, NULL)) {
+        tlsio_errf(out_err, out_err_len, "WebPKI roots %s", ca_file);
+        tlsio_ctx_free(c);
+        return NULL;
+    }
+    c->verify = true;
+    return c;
+}
+
+int tlsio_protocol(const struct tlsio *t)
+{
+    if (t->ssl == NULL || !SSL_is_init_finished(t->ssl)) {
+        return 0;
+    }
+    return SSL_version(t->ssl);
+}
+
+size_t tlsio_peer_chain(const struct tlsio *t, const uint8_t **der, size_t *len, size_t max)
+{
+    const STACK_OF(CRYPTO_BUFFER) *chain =
+        t->ssl != NULL ? SSL_get0_peer_certificates(t->ssl) : NULL;
+    size_t n = chain != NULL ? sk_CRYPTO_BUFFER_num(chain) : 0;
+    if (n > max) {
+        n = max;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const CRYPTO_BUFFER *b = sk_CRYPTO_BUFFER_value(chain, i);
+        der[i] = CRYPTO_BUFFER_data(b);
+        len[i] = CRYPTO_BUFFER_len(b);
+    }
+    return n;
+}
+
+bool tlsio_peer_webpki(const struct tlsio *t, const struct tlsio_ctx *webpki, const char **out_why)
+{
+    *out_why = "no certificate";
+    STACK_OF(X509) *chain = t->ssl != NULL ? SSL_get_peer_full_cert_chain(t->ssl) : NULL;
+    if (chain == NULL || sk_X509_num(chain) == 0) {
+        return false;
+    }
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    if (ctx == NULL ||
+        !X509_STORE_CTX_init(ctx, SSL_CTX_get_cert_store(webpki->ssl_ctx), sk_X509_value(chain, 0),
+                             chain) ||
+        !X509_STORE_CTX_set_default(ctx, "ssl_server")) {
+        X509_STORE_CTX_free(ctx);
+        *out_why = "out of memory";
+        ERR_clear_error();
+        return false;
+    }
+    bool ok = X509_verify_cert(ctx) == 1;
+    if (!ok) {
+        *out_why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+    }
+    X509_STORE_CTX_free(ctx);
+    ERR_clear_error();
+    return ok;
+}
+
+size_t tlsio_peer_dns_names(const struct tlsio *t, char (*out)[TLSIO_DNS_NAME_MAX], size_t max)
+{
+    STACK_OF(X509) *chain = t->ssl != NULL ? SSL_get_peer_full_cert_chain(t->ssl) : NULL;
+    if (chain == NULL || sk_X509_num(chain) == 0) {
+        return 0;
+    }
+    GENERAL_NAMES *names =
+        X509_get_ext_d2i(sk_X509_value(chain, 0), NID_subject_alt_name, NULL, NULL);
+    size_t n = 0;
+    for (size_t i = 0; names != NULL && i < sk_GENERAL_NAME_num(names) && n < max; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type != GEN_DNS) {
+            continue;
+        }
+        const unsigned char *data = ASN1_STRING_get0_data(g->d.dNSName);
+        size_t len = (size_t)ASN1_STRING_length(g->d.dNSName);
+        if (len == 0 || len >= TLSIO_DNS_NAME_MAX || memchr(data, '\0', len) != NULL) {
+            continue;
+        }
+        for (size_t j = 0; j < len; j++) {
+            unsigned char c = data[j];
+            out[n][j] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+        }
+        out[n][len] = '\0';
+        n++;
+    }
+    GENERAL_NAMES_free(names);
+    ERR_clear_error();
+    return n;
 }

@@ -103,6 +103,18 @@ struct tlsio_ctx *tlsio_ctx_new_front(char *out_err, size_t out_err_len, bool *o
  */
 struct tlsio_ctx *tlsio_ctx_new_back(char *out_err, size_t out_err_len, const struct conf *conf);
 
+/*
+ * tlsio_ctx_new_webpki builds a client context for the downgrade gate: TLS 1.2 or newer,
+ * certificates verified against the WebPKI roots in |ca_file| (the MTA-STS policy fetch
+ * verifies the server's name too: set tlsio_back_options.name). The same roots judge
+ * leg 2's certificates (tlsio_peer_webpki()). Returns NULL with |out_err| on failure.
+ */
+struct tlsio_ctx *tlsio_ctx_new_webpki(char *out_err, size_t out_err_len, const char *ca_file);
+
+/* tlsio_ctx_ref adds a reference (for one more owner, such as a fetch that outlives a
+ * reload) and returns |ctx|. */
+struct tlsio_ctx *tlsio_ctx_ref(struct tlsio_ctx *ctx);
+
 /* tlsio_ctx_free drops the caller's reference. tlsio_ctx_free(NULL) does nothing. */
 void tlsio_ctx_free(struct tlsio_ctx *ctx);
 
@@ -208,5 +220,31 @@ enum tlsio_verify tlsio_verify_result(const struct tlsio *t, const char **out_te
  * (or |out| is too small).
  */
 bool tlsio_peer_fingerprint(const struct tlsio *t, char *out, size_t out_size);
+
+/* tlsio_protocol returns the negotiated version as BoringSSL's number (TLS1_2_VERSION,
+ * 0x0303), or 0 before the handshake completed. */
+int tlsio_protocol(const struct tlsio *t);
+
+/*
+ * tlsio_peer_chain points |der[i]|/|len[i]| at the peer's certificates as it presented
+ * them, leaf first, up to |max|; returns how many. Valid until |t| is cleaned up. Kept
+ * for every handshake, whatever [upstream_tls] verify says, so the gate can judge later.
+ */
+size_t tlsio_peer_chain(const struct tlsio *t, const uint8_t **der, size_t *len, size_t max);
+
+/*
+ * tlsio_peer_webpki verifies the peer's chain now, against |webpki|'s roots (from
+ * tlsio_ctx_new_webpki()), as a TLS server certificate valid at this time; no name is
+ * checked (see tlsio_peer_dns_names()). Returns true when it is valid; else sets
+ * |*out_why| to BoringSSL's reason ("certificate has expired").
+ */
+bool tlsio_peer_webpki(const struct tlsio *t, const struct tlsio_ctx *webpki, const char **out_why);
+
+/* Room for one DNS name of a certificate, NUL included. */
+#define TLSIO_DNS_NAME_MAX 256
+
+/* tlsio_peer_dns_names copies the leaf's subjectAltName dNSName entries (lower case; those
+ * with a NUL byte or too long are skipped), up to |max|; returns how many. */
+size_t tlsio_peer_dns_names(const struct tlsio *t, char (*out)[TLSIO_DNS_NAME_MAX], size_t max);
 
 #endif

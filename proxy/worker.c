@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics_http.h"
 #include "session.h"
+#include "gate.h"
 #include "store.h"
 
 static void worker_on_drain_timeout(uv_timer_t *timer)
@@ -110,6 +111,9 @@ static void worker_on_wakeup(uv_async_t *async)
         if (w->env.store != NULL) {
             store_unref(w->env.store); /* it serves the sessions still open, no more */
         }
+        if (w->env.gate != NULL) {
+            gate_unref(w->env.gate);
+        }
     }
     uint64_t drain_ms = request == 2 ? 0 : w->env.runtime->conf->drain_timeout_ms;
     uv_timer_start(&w->drain_timer, worker_on_drain_timeout, drain_ms, 0);
@@ -128,9 +132,14 @@ static void worker_close_own_handles(struct worker *w)
     if (w->env.store != NULL) {
         store_close(w->env.store);
     }
+    if (w->env.gate != NULL) {
+        gate_close(w->env.gate);
+    }
     uv_run(&w->loop, UV_RUN_DEFAULT);
     store_free(w->env.store);
     w->env.store = NULL;
+    gate_free(w->env.gate);
+    w->env.gate = NULL;
 }
 
 int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
@@ -183,6 +192,17 @@ int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
         w->env.store = store_new(&w->loop, conf, &shared->store);
         if (w->env.store == NULL) {
             rc = UV_ENOMEM;
+            for (size_t i = 0; i < conf->n_listen; i++) {
+                close(fds[i]);
+            }
+        }
+    }
+    if (rc == 0 && conf->recipients.enabled) {
+        char err[256];
+        w->env.gate = gate_new(&w->loop, conf, shared->sts_cache, err, sizeof(err));
+        if (w->env.gate == NULL) {
+            log_error(0, "gate-start-failed", "worker=%u error=\"%s\"", index, err);
+            rc = UV_EINVAL;
             for (size_t i = 0; i < conf->n_listen; i++) {
                 close(fds[i]);
             }

@@ -19,6 +19,8 @@
 #include "session.h"
 #include "store.h"
 
+struct sts_cache;
+
 struct learn;
 struct metrics_http_server;
 
@@ -29,6 +31,7 @@ struct worker_shared {
     struct learn *back_memory;    /* per upstream, the leg-2 fallback step that worked */
     struct anvil *anvil;          /* per-client abuse limits */
     struct store_shared store;    /* the shared store's outage state, across workers */
+    struct sts_cache *sts_cache;  /* MTA-STS policies fetched, across workers */
     _Atomic unsigned connections; /* open sessions across all workers, for max_connections */
 };
 

@@ -613,12 +613,13 @@ static void test_syntax_errors(void)
 
 static void test_unknown_names(void)
 {
-    CHECK_ERRORS("[proxy]\nmode = forward\n[frontend]\nx = 1\n[log]\nlevle = info\n[empty]\n",
-                 ":3: [frontend]: \"frontend\" is not a section; expected proxy, client_tls, "
-                 "upstream_tls, upstream_policy, timeouts, limits, store, log or metrics",
-                 ":6: levle: \"levle\" is not a key of [log]; expected level or format",
-                 ":7: [empty]: \"empty\" is not a section; expected proxy, client_tls, "
-                 "upstream_tls, upstream_policy, timeouts, limits, store, log or metrics");
+    CHECK_ERRORS(
+        "[proxy]\nmode = forward\n[frontend]\nx = 1\n[log]\nlevle = info\n[empty]\n",
+        ":3: [frontend]: \"frontend\" is not a section; expected proxy, client_tls, "
+        "upstream_tls, upstream_policy, timeouts, limits, recipient_policy, store, log or metrics",
+        ":6: levle: \"levle\" is not a key of [log]; expected level or format",
+        ":7: [empty]: \"empty\" is not a section; expected proxy, client_tls, "
+        "upstream_tls, upstream_policy, timeouts, limits, recipient_policy, store, log or metrics");
     CHECK_ERRORS("[proxy]\nlisten_on = *:25\n",
                  ":2: listen_on: \"listen_on\" is not a key of [proxy]; expected listen, mode, "
                  "upstream, hostname, workers, max_connections, max_line_length, "
@@ -915,7 +916,7 @@ static void test_many_errors(void)
                  ":2: mode: \"fwd\" is not valid; expected forward or transparent",
                  ":3: workers: \"0\" is out of range; expected auto or a number from 1 to 256",
                  ":5: [tls]: \"tls\" is not a section; expected proxy, client_tls, upstream_tls, "
-                 "upstream_policy, timeouts, limits, store, log or metrics",
+                 "upstream_policy, timeouts, limits, recipient_policy, store, log or metrics",
                  ":8: learn_ttl: \"1y\" is not valid; expected a duration from 1s to 365d "
                  "(suffix ms, s, m, h or d)",
                  ":11: connect: given twice, first on line 10",

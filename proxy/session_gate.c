@@ -1,0 +1,443 @@
+/*
+ * session_gate: the downgrade gate in a session. Leg 2's TLS was settled at EHLO, before
+ * any recipient was known; each RCPT's domain is judged against the leg actually
+ * established (gate_judge.c), with the facts the lookups gathered (gate.c). A recipient
+ * whose policy that leg does not satisfy gets a temporary refusal naming the policy, and
+ * its RCPT never reaches the upstream: nothing is ever sent in clear, or to an
+ * unauthenticated server, for a domain that forbids it. Other recipients are unaffected.
+ *
+ * While a RCPT waits for its domain's lookups, the client's later commands wait in the
+ * input buffer (the session's pump holds them), so replies stay in order. REQUIRETLS
+ * (RFC 8689) is advertised only when both legs can honour it; a MAIL that asks for it
+ * makes every recipient need an authenticated server.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gate.h"
+#include "log.h"
+#include "metrics.h"
+#include "runtime.h"
+#include "session_impl.h"
+#include "tlsio.h"
+
+#define SESSION_GATE_DOMAINS 16 /* domains remembered per session */
+#define SESSION_GATE_CHAIN_MAX 16
+#define SESSION_GATE_NAMES_MAX 32
+
+struct session_gate_domain {
+    char name[DNSNAME_BUF];
+    struct gate_lookup *q;
+    bool in_transaction; /* a recipient of the current transaction is in it */
+};
+
+/* A session's gate state, allocated at its first RCPT under the gate. */
+struct session_gate {
+    struct session_gate_domain domains[SESSION_GATE_DOMAINS];
+    size_t n_domains;
+    size_t next_evict;
+    struct session_gate_domain *waiting; /* the domain the held RCPT waits for */
+    struct buf held;                     /* that RCPT line */
+    /* Leg 2 as the gate sees it, computed once per negotiated connection. */
+    unsigned leg_generation;
+    bool leg_ready;
+    struct gate_leg leg;
+    const uint8_t *chain[SESSION_GATE_CHAIN_MAX];
+    size_t chain_lens[SESSION_GATE_CHAIN_MAX];
+    char names[SESSION_GATE_NAMES_MAX][TLSIO_DNS_NAME_MAX];
+    const char *name_ptrs[SESSION_GATE_NAMES_MAX];
+    size_t name_lens[SESSION_GATE_NAMES_MAX];
+};
+
+/* ---- when the gate applies --------------------------------------------------------------- */
+
+bool session_gate_on(const struct session *s)
+{
+    return s->conf->recipients.enabled && s->env->gate != NULL;
+}
+
+bool session_gate_waiting(const struct session *s)
+{
+    return s->gate != NULL && s->gate->waiting != NULL;
+}
+
+static struct session_gate *session_gate_state(struct session *s)
+{
+    if (s->gate == NULL) {
+        s->gate = calloc(1, sizeof(*s->gate));
+    }
+    return s->gate;
+}
+
+/* ---- leg 2 -------------------------------------------------------------------------------- */
+
+/* session_gate_names_cover says whether a certificate name covers the relay's name. */
+static bool session_gate_names_cover(const struct gate_leg *leg, const char *host)
+{
+    char want[DNSNAME_BUF];
+    char name[DNSNAME_BUF];
+    if (dnsname_parse(want, NULL, host, strlen(host), DNSNAME_ALLOW_TRAILING_DOT) != DNSNAME_HOST) {
+        return false; /* an address: only verify = ca can authenticate it */
+    }
+    for (size_t i = 0; i < leg->n_names; i++) {
+        if (dnsname_parse(name, NULL, leg->names[i], leg->name_lens[i],
+                          DNSNAME_ALLOW_WILDCARD | DNSNAME_CERT_WILDCARD) != DNSNAME_INVALID &&
+            dnsname_covers(name, want)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static const struct gate_leg *session_gate_leg(struct session *s)
+{
+    struct session_gate *sg = s->gate;
+    if (sg->leg_ready && sg->leg_generation == s->back_generation) {
+        return &sg->leg;
+    }
+    struct gate_leg *leg = &sg->leg;
+    memset(leg, 0, sizeof(*leg));
+    leg->tls = s->back.tls_active;
+    leg->now = (int64_t)time(NULL);
+    leg->cleartext_reason = s->back_tls_reason[0] != '\0' ? s->back_tls_reason : "no TLS";
+    const char *verify_text = NULL;
+    leg->verified_ca = s->back.tls_active && s->conf->back_tls.verify == CONF_VERIFY_CA &&
+                       tlsio_verify_result(&s->back.tls, &verify_text) == TLSIO_VERIFY_OK;
+    leg->relay = s->conf->mode == CONF_MODE_FORWARD;
+    if (leg->tls) {
+        leg->protocol = tlsio_protocol(&s->back.tls);
+        leg->n_chain =
+            tlsio_peer_chain(&s->back.tls, sg->chain, sg->chain_lens, SESSION_GATE_CHAIN_MAX);
+        leg->chain = sg->chain;
+        leg->chain_lens = sg->chain_lens;
+        if (s->runtime->webpki_ctx != NULL) {
+            leg->webpki_ok =
+                tlsio_peer_webpki(&s->back.tls, s->runtime->webpki_ctx, &leg->webpki_why);
+        } else {
+            leg->webpki_why = "no WebPKI roots (mta_sts = off)";
+        }
+        leg->n_names = tlsio_peer_dns_names(&s->back.tls, sg->names, SESSION_GATE_NAMES_MAX);
+        for (size_t i = 0; i < leg->n_names; i++) {
+            sg->name_ptrs[i] = sg->names[i];
+            sg->name_lens[i] = strlen(sg->names[i]);
+        }
+        leg->names = sg->name_ptrs;
+        leg->name_lens = sg->name_lens;
+        leg->relay_authenticated =
+            leg->verified_ca ||
+            (leg->webpki_ok && session_gate_names_cover(leg, s->conf->upstream.host));
+    }
+    sg->leg_ready = true;
+    sg->leg_generation = s->back_generation;
+    return leg;
+}
+
+/* ---- recipients --------------------------------------------------------------------------- */
+
+/* The refusal a client sees: one text per kind, naming the policy; the log says more. */
+static enum session_local_reply session_gate_reply(const struct gate_verdict *v)
+{
+    const char *type = v->result_type != NULL ? v->result_type : "";
+    switch (v->policy) {
+    case GATE_POLICY_REQUIRETLS:
+        return v->reply[0] == '5' ? SESSION_LOCAL_GATE_REQUIRETLS_PERM
+                                  : SESSION_LOCAL_GATE_REQUIRETLS_TEMP;
+    case GATE_POLICY_DANE:
+        if (strcmp(type, "dane-required") == 0) {
+            return SESSION_LOCAL_GATE_DANE_NOT_MX;
+        }
+        if (strcmp(v->reply, "450 4.4.3") == 0) {
+            return SESSION_LOCAL_GATE_DNS_FAILED;
+        }
+        if (strcmp(type, "dnssec-invalid") == 0) {
+            return SESSION_LOCAL_GATE_DNSSEC;
+        }
+        return strcmp(type, "starttls-not-supported") == 0 ? SESSION_LOCAL_GATE_DANE_TLS
+                                                           : SESSION_LOCAL_GATE_DANE_CERT;
+    case GATE_POLICY_STS:
+    case GATE_POLICY_NONE:
+        break;
+    }
+    return strcmp(type, "starttls-not-supported") == 0 ? SESSION_LOCAL_GATE_STS_TLS
+                                                       : SESSION_LOCAL_GATE_STS_CERT;
+}
+
+/* session_gate_domain_of finds the domain of a RCPT path ("<a@b>", "<@r:a@b>"): the text
+ * after its last '@' (a quoted local part may hold one), normalised. Returns the kind:
+ * DNSNAME_HOST, or DNSNAME_INVALID for no domain, an address literal, or a name that is
+ * not a host name (out->[0] is 0x80 or more for a non-ASCII one). */
+static enum dnsname_kind session_gate_domain_of(char out[DNSNAME_BUF], bool *out_utf8,
+                                                const struct smtp_command *cmd)
+{
+    const char *p = cmd->path;
+    size_t len = cmd->path_len;
+    *out_utf8 = false;
+    out[0] = '\0';
+    if (len < 2 || p[0] != '<' || p[len - 1] != '>') {
+        return DNSNAME_INVALID;
+    }
+    const char *at = NULL;
+    for (size_t i = 1; i + 1 < len; i++) {
+        if (p[i] == '@') {
+            at = p + i;
+        }
+    }
+    if (at == NULL || at == p + 1) {
+        return DNSNAME_INVALID; /* "<postmaster>", or a source route only */
+    }
+    const char *domain = at + 1;
+    size_t domain_len = (size_t)(p + len - 1 - domain);
+    for (size_t i = 0; i < domain_len; i++) {
+        *out_utf8 |= (unsigned char)domain[i] >= 0x80;
+    }
+    return dnsname_parse(out, NULL, domain, domain_len, DNSNAME_ALLOW_TRAILING_DOT);
+}
+
+static struct session_gate_domain *session_gate_find(struct session_gate *sg, const char *name)
+{
+    for (size_t i = 0; i < sg->n_domains; i++) {
+        if (strcmp(sg->domains[i].name, name) == 0) {
+            return &sg->domains[i];
+        }
+    }
+    return NULL;
+}
+
+/* session_gate_slot gives a slot for a new domain: a free one, or the oldest one that is
+ * neither in the transaction nor waited for. NULL when all are. */
+static struct session_gate_domain *session_gate_slot(struct session_gate *sg)
+{
+    if (sg->n_domains < SESSION_GATE_DOMAINS) {
+        return &sg->domains[sg->n_domains++];
+    }
+    for (size_t tries = 0; tries < SESSION_GATE_DOMAINS; tries++) {
+        struct session_gate_domain *d = &sg->domains[sg->next_evict];
+        sg->next_evict = (sg->next_evict + 1) % SESSION_GATE_DOMAINS;
+        if (!d->in_transaction && d != sg->waiting) {
+            gate_lookup_free(d->q);
+            memset(d, 0, sizeof(*d));
+            return d;
+        }
+    }
+    return NULL;
+}
+
+/* session_gate_decide judges a RCPT whose domain's facts are in, and forwards it or
+ * refuses it. */
+static void session_gate_decide(struct session *s, struct session_gate_domain *d, const char *line,
+                                size_t len)
+{
+    struct gate_verdict v;
+    gate_judge(&v, gate_lookup_facts(d->q), session_gate_leg(s), s->requiretls);
+    if (v.pass) {
+        metrics_inc(v.report_failure ? METRICS_GATE_TESTING_FAILURES : METRICS_GATE_PASSED);
+        if (v.report_failure) {
+            log_warn(s->id, "gate-testing-failure",
+                     "domain=%s policy=%s mode=%s result=%s upstream=%s reason=\"%s\"", d->name,
+                     gate_policy_name(v.policy), v.mode, v.result_type, s->back_addr, v.why);
+        } else {
+            log_debug(s->id, "gate-passed", "domain=%s policy=%s mode=%s authenticated=%s", d->name,
+                      gate_policy_name(v.policy), v.mode, v.authenticated ? "yes" : "no");
+        }
+        d->in_transaction = true;
+        session_front_forward(s, line, len, SESSION_PENDING_OTHER);
+        session_replay_note(s, SMTP_VERB_RCPT, line, len);
+        return;
+    }
+    metrics_inc(v.policy == GATE_POLICY_DANE  ? METRICS_GATE_REFUSED_DANE
+                : v.policy == GATE_POLICY_STS ? METRICS_GATE_REFUSED_STS
+                                              : METRICS_GATE_REFUSED_REQUIRETLS);
+    log_warn(s->id, "gate-refused",
+             "domain=%s policy=%s mode=%s result=%s reply=\"%s\" upstream=%s back_tls=%s "
+             "reason=\"%s\"",
+             d->name, gate_policy_name(v.policy), v.mode, v.result_type, v.reply, s->back_addr,
+             s->back.tls_active ? "yes" : "no", v.why);
+    /* A remembered cleartext step must not make a TLS-requiring domain wait a whole
+     * remember_failures: the next session probes TLS again. */
+    if (!s->back.tls_active && s->remembered != 0) {
+        session_learn_upstream_forget(s);
+    }
+    session_front_reply(s, session_gate_reply(&v));
+}
+
+void session_gate_rcpt(struct session *s, const struct smtp_command *cmd, const char *line,
+                       size_t len)
+{
+    char domain[DNSNAME_BUF];
+    bool utf8;
+    struct session_gate *sg = session_gate_state(s);
+    if (sg == NULL) {
+        session_abort(s, REASON_END_OUT_OF_MEMORY);
+        return;
+    }
+    if (session_gate_domain_of(domain, &utf8, cmd) != DNSNAME_HOST) {
+        if (utf8) {
+            /* Its policy lives under the A-label, which the proxy cannot compute. */
+            session_front_reply(s, SESSION_LOCAL_GATE_IDN);
+            return;
+        }
+        if (s->requiretls) {
+            session_front_reply(s, SESSION_LOCAL_GATE_REQUIRETLS_PERM);
+            return;
+        }
+        /* No domain whose policy could apply (an address literal, "<postmaster>"). */
+        session_front_forward(s, line, len, SESSION_PENDING_OTHER);
+        session_replay_note(s, SMTP_VERB_RCPT, line, len);
+        return;
+    }
+    struct session_gate_domain *d = session_gate_find(sg, domain);
+    if (d == NULL) {
+        d = session_gate_slot(sg);
+        if (d == NULL) {
+            session_front_reply(s, SESSION_LOCAL_GATE_DNS_FAILED);
+            return;
+        }
+        memcpy(d->name, domain, sizeof(d->name));
+        d->q = gate_lookup(s->env->gate, s->conf, s->runtime->webpki_ctx, domain, &s->back_sa.sa,
+                           session_on_gate_facts, s);
+        if (d->q == NULL) {
+            memset(d, 0, sizeof(*d));
+            session_front_reply(s, SESSION_LOCAL_GATE_DNS_FAILED);
+            return;
+        }
+    }
+    if (gate_lookup_done(d->q)) {
+        session_gate_decide(s, d, line, len);
+        return;
+    }
+    /* Hold the RCPT (and everything after it) until the facts are in. */
+    if (buf_append(&sg->held, line, len, s->conf->max_line_len) != 0) {
+        session_abort(s, REASON_END_OUT_OF_MEMORY);
+        return;
+    }
+    sg->waiting = d;
+}
+
+void session_gate_facts_ready(struct session *s)
+{
+    struct session_gate *sg = s->gate;
+    if (sg == NULL || sg->waiting == NULL || !gate_lookup_done(sg->waiting->q)) {
+        return;
+    }
+    struct session_gate_domain *d = sg->waiting;
+    sg->waiting = NULL;
+    s->steps++;
+    session_gate_decide(s, d, buf_head(&sg->held), buf_len(&sg->held));
+    buf_cleanup(&sg->held);
+}
+
+void session_gate_timeout(struct session *s)
+{
+    struct session_gate *sg = s->gate;
+    if (sg == NULL || sg->waiting == NULL) {
+        return;
+    }
+    log_warn(s->id, "gate-timeout", "domain=%s wait_ms=%" PRIu64, sg->waiting->name,
+             s->conf->recipients.wait_ms);
+    /* Its lookups may still finish: a later RCPT of the domain can use them. */
+    sg->waiting = NULL;
+    buf_cleanup(&sg->held);
+    s->steps++;
+    session_front_reply(s, SESSION_LOCAL_GATE_TIMEOUT);
+}
+
+/* ---- transactions, REQUIRETLS and new connections ----------------------------------------- */
+
+/* session_gate_param finds an ESMTP parameter (keyword, any case) after a MAIL's path. */
+static bool session_gate_param(const struct smtp_command *cmd, const char *keyword)
+{
+    const char *p = cmd->path + cmd->path_len;
+    const char *end = cmd->args + cmd->args_len;
+    size_t klen = strlen(keyword);
+    while (p < end) {
+        while (p < end && smtp_is_space(*p)) {
+            p++;
+        }
+        const char *word = p;
+        while (p < end && !smtp_is_space(*p)) {
+            p++;
+        }
+        size_t wlen = (size_t)(p - word);
+        const char *eq = memchr(word, '=', wlen);
+        size_t name_len = eq != NULL ? (size_t)(eq - word) : wlen;
+        if (name_len == klen && strncasecmp(word, keyword, klen) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool session_gate_offers_requiretls(const struct session *s)
+{
+    /* RFC 8689 section 4: both legs TLS, the upstream offering it, and leg 2's server
+     * certificate verified (against the configured CA, or valid under the WebPKI roots:
+     * each recipient's DANE or MTA-STS policy still has to authenticate it). */
+    if (!session_gate_on(s) || !s->conf->recipients.requiretls || !s->front.tls_active ||
+        !s->back.tls_active || (s->back_caps & SMTP_CAP_REQUIRETLS) == 0) {
+        return false;
+    }
+    const char *why = NULL;
+    bool verified_ca = s->conf->back_tls.verify == CONF_VERIFY_CA &&
+                       tlsio_verify_result(&s->back.tls, &why) == TLSIO_VERIFY_OK;
+    return verified_ca || (s->runtime->webpki_ctx != NULL &&
+                           tlsio_peer_webpki(&s->back.tls, s->runtime->webpki_ctx, &why));
+}
+
+bool session_gate_mail(struct session *s, const struct smtp_command *cmd)
+{
+    s->requiretls = false;
+    if (s->gate != NULL) {
+        for (size_t i = 0; i < s->gate->n_domains; i++) {
+            s->gate->domains[i].in_transaction = false;
+        }
+    }
+    if (!session_gate_param(cmd, "REQUIRETLS")) {
+        return true;
+    }
+    if (!s->offered_requiretls) {
+        /* Not advertised (a cleartext leg, or an upstream that cannot honour it). */
+        session_front_reply(s, SESSION_LOCAL_REQUIRETLS_UNAVAILABLE);
+        return false;
+    }
+    s->requiretls = true;
+    return true;
+}
+
+bool session_gate_leg_still_good(struct session *s)
+{
+    struct session_gate *sg = s->gate;
+    if (sg == NULL) {
+        return true;
+    }
+    for (size_t i = 0; i < sg->n_domains; i++) {
+        struct session_gate_domain *d = &sg->domains[i];
+        if (!d->in_transaction || d->q == NULL || !gate_lookup_done(d->q)) {
+            continue;
+        }
+        struct gate_verdict v;
+        gate_judge(&v, gate_lookup_facts(d->q), session_gate_leg(s), s->requiretls);
+        if (!v.pass) {
+            log_warn(s->id, "gate-refused-replay",
+                     "domain=%s policy=%s result=%s upstream=%s reason=\"%s\"", d->name,
+                     gate_policy_name(v.policy), v.result_type, s->back_addr, v.why);
+            return false;
+        }
+    }
+    return true;
+}
+
+void session_gate_end(struct session *s)
+{
+    struct session_gate *sg = s->gate;
+    if (sg == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < sg->n_domains; i++) {
+        gate_lookup_free(sg->domains[i].q);
+    }
+    buf_cleanup(&sg->held);
+    free(sg);
+    s->gate = NULL;
+}
