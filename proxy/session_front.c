@@ -690,6 +690,13 @@ bool session_front_process(struct session *s)
      * (a pipelining client may send its last commands and close at once). */
     if (s->state == SESSION_RELAY && s->front.eof && !session_front_blocked(s) &&
         !leg_tls_has_input(&s->front)) {
+        if (session_mid_message(s)) {
+            /* Gone inside a message (a BDAT chunk it never finished, content read only now
+             * that a new upstream connection is ready): never an end of data upstream. */
+            log_warn(s->id, "client-lost-in-data", "client=%s", s->front_addr);
+            session_abort(s, REASON_END_CLIENT_LOST_IN_DATA);
+            return true;
+        }
         buf_cleanup(&s->front.in); /* an unfinished line: never a command */
         if (s->n_pending == 0) {
             session_finish(s, REASON_END_CLIENT_CLOSED, NULL, NULL);

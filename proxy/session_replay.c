@@ -21,6 +21,20 @@ static size_t session_replay_record(const struct session *s, size_t at, int *out
     return at + 4 + *out_len;
 }
 
+static bool session_replay_all_answered(const struct session *s)
+{
+    for (size_t at = 0; at < buf_len(&s->replay);) {
+        int seen;
+        const char *line;
+        size_t len;
+        at = session_replay_record(s, at, &seen, &line, &len);
+        if (seen == 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 void session_replay_note(struct session *s, enum smtp_verb verb, const char *line, size_t len)
 {
     if (!s->back.tls_active || s->back_state != SESSION_BACK_READY) {
@@ -33,7 +47,12 @@ void session_replay_note(struct session *s, enum smtp_verb verb, const char *lin
         s->replay_ok = false;
         return;
     case SMTP_VERB_RSET:
-        buf_cleanup(&s->replay);
+        /* A new transaction: the record starts over, unless a recorded command before the
+         * RSET still waits for its reply (pipelined): replies are matched to records in
+         * order, so that one stays. */
+        if (session_replay_all_answered(s)) {
+            buf_cleanup(&s->replay);
+        }
         s->replay_ok = true;
         break;
     case SMTP_VERB_MAIL:
