@@ -19,6 +19,8 @@
 
 #include "anvil.h"
 #include "sts_cache.h"
+#include "tlsrpt.h"
+#include "tlsrpt_io.h"
 #include "conf.h"
 #include "health.h"
 #include "learn.h"
@@ -366,7 +368,10 @@ struct main_state {
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;
-    uv_async_t finished; /* a worker's loop has ended */
+    uv_signal_t sig_usr1;     /* write the TLS-RPT reports so far */
+    uv_timer_t tlsrpt_timer;  /* writes each day's TLS-RPT reports once the day is over */
+    struct tlsrpt_io *tlsrpt; /* NULL when the gate is off */
+    uv_async_t finished;      /* a worker's loop has ended */
     struct worker *workers;
     unsigned n_workers;
     struct worker_shared *shared;
@@ -385,6 +390,8 @@ static void main_check_finished(struct main_state *m)
     uv_close((uv_handle_t *)&m->sig_term, NULL);
     uv_close((uv_handle_t *)&m->sig_int, NULL);
     uv_close((uv_handle_t *)&m->sig_hup, NULL);
+    uv_close((uv_handle_t *)&m->sig_usr1, NULL);
+    uv_close((uv_handle_t *)&m->tlsrpt_timer, NULL);
     uv_close((uv_handle_t *)&m->finished, NULL);
 }
 
@@ -398,6 +405,12 @@ static void main_on_finished(uv_async_t *async)
 static void main_on_signal(uv_signal_t *handle, int signum)
 {
     struct main_state *m = handle->data;
+    if (signum == SIGUSR1) {
+        if (m->tlsrpt != NULL) {
+            tlsrpt_io_flush(m->tlsrpt, m->runtime->conf, (int64_t)time(NULL), true);
+        }
+        return;
+    }
     if (signum == SIGHUP) {
         if (!m->draining) {
             main_reload(&m->runtime, m->workers, m->n_workers, m->shared, m->path);
@@ -515,6 +528,7 @@ static void main_block_signals(sigset_t *out)
     sigaddset(out, SIGTERM);
     sigaddset(out, SIGINT);
     sigaddset(out, SIGHUP);
+    sigaddset(out, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, out, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
@@ -556,13 +570,25 @@ static int main_start_workers(struct main_state *m, int (*fds)[CONF_LISTEN_MAX],
     return 0;
 }
 
+static void main_on_tlsrpt_timer(uv_timer_t *timer)
+{
+    struct main_state *m = timer->data;
+    tlsrpt_io_tick(m->tlsrpt, m->runtime->conf, (int64_t)time(NULL));
+}
+
 /* main_serve runs the main thread's loop (signals, workers ending) until every worker has
  * drained, then joins them. */
 static void main_serve(struct main_state *m, const sigset_t *signals)
 {
-    uv_signal_t *handles[] = {&m->sig_term, &m->sig_int, &m->sig_hup};
-    int numbers[] = {SIGTERM, SIGINT, SIGHUP};
-    for (size_t i = 0; i < 3; i++) {
+    uv_timer_init(&m->loop, &m->tlsrpt_timer);
+    m->tlsrpt_timer.data = m;
+    if (m->tlsrpt != NULL) {
+        /* A day's reports are written within a minute of its end. */
+        uv_timer_start(&m->tlsrpt_timer, main_on_tlsrpt_timer, 60000, 60000);
+    }
+    uv_signal_t *handles[] = {&m->sig_term, &m->sig_int, &m->sig_hup, &m->sig_usr1};
+    int numbers[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+    for (size_t i = 0; i < 4; i++) {
         uv_signal_init(&m->loop, handles[i]);
         handles[i]->data = m;
         uv_signal_start(handles[i], main_on_signal, numbers[i]);
@@ -640,7 +666,8 @@ int main(int argc, char **argv)
     unsigned n_workers = main_worker_count(conf);
     shared.store.n_workers = n_workers;
     shared.sts_cache = sts_cache_new(conf->recipients.cache_entries);
-    if (shared.sts_cache == NULL) {
+    shared.tlsrpt = conf->recipients.enabled ? tlsrpt_new(conf->recipients.cache_entries) : NULL;
+    if (shared.sts_cache == NULL || (conf->recipients.enabled && shared.tlsrpt == NULL)) {
         log_fatal("out of memory");
         return 1;
     }
@@ -668,12 +695,19 @@ int main(int argc, char **argv)
         return 1;
     }
     main_log_started(conf, n_workers);
+    m.tlsrpt = shared.tlsrpt != NULL ? tlsrpt_io_new(shared.tlsrpt) : NULL;
     main_serve(&m, &signals);
+    if (m.tlsrpt != NULL) {
+        /* The day so far, on disk; submitted with the day's full report. */
+        tlsrpt_io_flush(m.tlsrpt, m.runtime->conf, (int64_t)time(NULL), false);
+        tlsrpt_io_free(m.tlsrpt);
+    }
     log_info(0, "stopped", "sessions_left=%u", (unsigned)shared.connections);
     runtime_unref(m.runtime);
     learn_free(shared.front_learned);
     learn_free(shared.back_memory);
     anvil_free(shared.anvil);
     sts_cache_free(shared.sts_cache);
+    tlsrpt_free(shared.tlsrpt);
     return 0;
 }

@@ -30,6 +30,9 @@ struct metrics_series {
 #define METRICS_STORE_LOOKUPS_HELP                                                                 \
     "Lookups in the shared store, by answer: found, absent, unanswered in time, or not "           \
     "asked (unavailable)."
+#define METRICS_TLS_FAILURES_HELP                                                                  \
+    "Recipients whose policy failed on leg 2 (refused, or reported under MTA-STS testing), by "    \
+    "RFC 8460 result type."
 #define METRICS_GATE_HELP                                                                          \
     "Recipients judged by the downgrade gate (MTA-STS, DANE, REQUIRETLS), by outcome."
 #define METRICS_LIMITS_HELP "Clients refused over a per-client limit, by limit."
@@ -153,6 +156,36 @@ static const struct metrics_series metrics_series[METRICS_N_COUNTERS] = {
                                   METRICS_COUNTER, METRICS_GATE_HELP},
     [METRICS_GATE_REFUSED_REQUIRETLS] = {"gate_decisions_total", "result=\"refused-requiretls\"",
                                          METRICS_COUNTER, METRICS_GATE_HELP},
+    [METRICS_TLSRPT_STARTTLS_NOT_SUPPORTED] = {"tls_failures_total",
+                                               "result_type=\"starttls-not-supported\"",
+                                               METRICS_COUNTER, METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_CERTIFICATE_HOST_MISMATCH] = {"tls_failures_total",
+                                                  "result_type=\"certificate-host-mismatch\"",
+                                                  METRICS_COUNTER, METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_CERTIFICATE_EXPIRED] = {"tls_failures_total",
+                                            "result_type=\"certificate-expired\"", METRICS_COUNTER,
+                                            METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_CERTIFICATE_NOT_TRUSTED] = {"tls_failures_total",
+                                                "result_type=\"certificate-not-trusted\"",
+                                                METRICS_COUNTER, METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_VALIDATION_FAILURE] = {"tls_failures_total",
+                                           "result_type=\"validation-failure\"", METRICS_COUNTER,
+                                           METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_TLSA_INVALID] = {"tls_failures_total", "result_type=\"tlsa-invalid\"",
+                                     METRICS_COUNTER, METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_DNSSEC_INVALID] = {"tls_failures_total", "result_type=\"dnssec-invalid\"",
+                                       METRICS_COUNTER, METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_DANE_REQUIRED] = {"tls_failures_total", "result_type=\"dane-required\"",
+                                      METRICS_COUNTER, METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_STS_POLICY_FETCH_ERROR] = {"tls_failures_total",
+                                               "result_type=\"sts-policy-fetch-error\"",
+                                               METRICS_COUNTER, METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_STS_POLICY_INVALID] = {"tls_failures_total",
+                                           "result_type=\"sts-policy-invalid\"", METRICS_COUNTER,
+                                           METRICS_TLS_FAILURES_HELP},
+    [METRICS_TLSRPT_STS_WEBPKI_INVALID] = {"tls_failures_total",
+                                           "result_type=\"sts-webpki-invalid\"", METRICS_COUNTER,
+                                           METRICS_TLS_FAILURES_HELP},
     [METRICS_STS_FETCHES] = {"mta_sts_fetches_total", NULL, METRICS_COUNTER,
                              "MTA-STS policy fetches started (RFC 8461)."},
     [METRICS_STS_FETCH_FAILURES] = {"mta_sts_fetch_failures_total", NULL, METRICS_COUNTER,
@@ -479,4 +512,18 @@ size_t metrics_render_max(void)
 {
     struct metrics_out o = {NULL, 0, 0, true};
     return metrics_render_to(&o) + 1;
+}
+
+enum metrics_counter metrics_tls_failure(const char *result_type)
+{
+    for (int i = METRICS_TLSRPT_STARTTLS_NOT_SUPPORTED; i <= METRICS_TLSRPT_STS_WEBPKI_INVALID;
+         i++) {
+        const char *labels = metrics_series[i].labels;
+        size_t len = strlen(result_type);
+        /* labels is result_type="<type>" */
+        if (strncmp(labels + 13, result_type, len) == 0 && labels[13 + len] == '"') {
+            return (enum metrics_counter)i;
+        }
+    }
+    return METRICS_N_COUNTERS;
 }

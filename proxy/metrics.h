@@ -80,6 +80,19 @@ enum metrics_counter {
     METRICS_GATE_REFUSED_DANE,
     METRICS_GATE_REFUSED_STS,
     METRICS_GATE_REFUSED_REQUIRETLS,
+    /* tls_failures_total{result_type=...}: gate failures by RFC 8460 result type, in
+     * metrics_tls_failure()'s order */
+    METRICS_TLSRPT_STARTTLS_NOT_SUPPORTED,
+    METRICS_TLSRPT_CERTIFICATE_HOST_MISMATCH,
+    METRICS_TLSRPT_CERTIFICATE_EXPIRED,
+    METRICS_TLSRPT_CERTIFICATE_NOT_TRUSTED,
+    METRICS_TLSRPT_VALIDATION_FAILURE,
+    METRICS_TLSRPT_TLSA_INVALID,
+    METRICS_TLSRPT_DNSSEC_INVALID,
+    METRICS_TLSRPT_DANE_REQUIRED,
+    METRICS_TLSRPT_STS_POLICY_FETCH_ERROR,
+    METRICS_TLSRPT_STS_POLICY_INVALID,
+    METRICS_TLSRPT_STS_WEBPKI_INVALID,
     METRICS_STS_FETCHES,        /* mta_sts_fetches_total: policy fetches started */
     METRICS_STS_FETCH_FAILURES, /* mta_sts_fetch_failures_total */
     /* reloads_total{result=...}: SIGHUP reloads applied ("ok") or refused ("failed") */
@@ -107,7 +120,7 @@ enum metrics_histogram {
  * version in build_info, so that a new version number needs no edit here. A buffer this
  * size always holds the whole text; test_metrics checks that it matches metrics_render_max().
  */
-#define METRICS_RENDER_MAX (12067 + sizeof(PROXY_VERSION) - 1)
+#define METRICS_RENDER_MAX (13253 + sizeof(PROXY_VERSION) - 1)
 
 /* metrics_inc adds 1 to the counter |id|. */
 void metrics_inc(enum metrics_counter id);
@@ -159,5 +172,9 @@ size_t metrics_render(char *out, size_t out_cap);
 /* metrics_render_max returns the buffer size that always suffices for metrics_render()
  * (computed from the fixed text with every value at its widest). */
 size_t metrics_render_max(void);
+
+/* metrics_tls_failure returns the tls_failures_total series of an RFC 8460 result type, or
+ * METRICS_N_COUNTERS for an unknown one. */
+enum metrics_counter metrics_tls_failure(const char *result_type);
 
 #endif

@@ -19,6 +19,7 @@ struct learn;
 struct anvil;
 struct store;
 struct gate;
+struct tlsrpt;
 
 /* What one event loop gives its sessions; owned by the worker that runs the loop. */
 struct session_env {
@@ -29,6 +30,7 @@ struct session_env {
     struct anvil *anvil;             /* per-client limits (shared by all loops) */
     struct store *store;             /* this loop's connection to the shared store, or NULL */
     struct gate *gate;               /* this loop's recipient policy lookups, or NULL */
+    struct tlsrpt *tlsrpt;           /* TLS-RPT counts (shared by all loops), or NULL */
     _Atomic unsigned *n_connections; /* open sessions across all loops, for max_connections */
     struct session *sessions;        /* this loop's live sessions, for the drain */
     uint64_t next_id;                /* session ids: a per-loop random walk */

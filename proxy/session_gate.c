@@ -22,15 +22,18 @@
 #include "runtime.h"
 #include "session_impl.h"
 #include "tlsio.h"
+#include "tlsrpt.h"
 
 #define SESSION_GATE_DOMAINS 16 /* domains remembered per session */
 #define SESSION_GATE_CHAIN_MAX 16
 #define SESSION_GATE_NAMES_MAX 32
+#define SESSION_GATE_TLSRPT_STRINGS 24 /* policy strings reported (version, mode, mx, ...) */
 
 struct session_gate_domain {
     char name[DNSNAME_BUF];
     struct gate_lookup *q;
     bool in_transaction; /* a recipient of the current transaction is in it */
+    bool reported;       /* counted for TLS-RPT in this session */
 };
 
 /* A session's gate state, allocated at its first RCPT under the gate. */
@@ -224,6 +227,99 @@ static struct session_gate_domain *session_gate_slot(struct session_gate *sg)
     return NULL;
 }
 
+/* session_gate_tlsrpt_policy describes the policy that judged |f| for TLS-RPT (RFC 8460
+ * section 4.4): the STS policy's lines, or the TLSA records; else no-policy-found. */
+static void session_gate_tlsrpt_policy(struct tlsrpt_policy *p, char (*strings)[160],
+                                       const char **ptrs, const struct gate_facts *f,
+                                       const struct gate_verdict *v)
+{
+    size_t n = 0;
+    p->policy_domain = f->domain;
+    p->policy_strings = ptrs;
+    p->mx_hosts = NULL;
+    p->n_mx_hosts = 0;
+    if (v->policy == GATE_POLICY_DANE && f->dane == GATE_DANE_TLSA) {
+        p->type = TLSRPT_POLICY_TLSA;
+        for (size_t i = 0; i < f->n_tlsa && n < SESSION_GATE_TLSRPT_STRINGS; i++) {
+            const struct dane_tlsa *r = &f->tlsa[i];
+            if (tlsrpt_tlsa_string(strings[n], sizeof(strings[n]), r->usage, r->selector, r->mtype,
+                                   r->data, r->data_len)) {
+                ptrs[n] = strings[n];
+                n++;
+            }
+        }
+    } else if (f->sts != NULL && v->policy == GATE_POLICY_STS) {
+        p->type = TLSRPT_POLICY_STS;
+        snprintf(strings[n++], sizeof(strings[0]), "version: STSv1");
+        snprintf(strings[n++], sizeof(strings[0]), "mode: %s", mtasts_mode_name(f->sts->mode));
+        for (size_t i = 0; i < f->sts->n_mx && n + 1 < SESSION_GATE_TLSRPT_STRINGS; i++) {
+            snprintf(strings[n++], sizeof(strings[0]), "mx: %.150s", f->sts->mx[i]);
+        }
+        snprintf(strings[n++], sizeof(strings[0]), "max_age: %u", f->sts->max_age);
+        for (size_t i = 0; i < n; i++) {
+            ptrs[i] = strings[i];
+        }
+        p->mx_hosts = f->sts->mx;
+        p->n_mx_hosts = f->sts->n_mx;
+    } else {
+        p->type = TLSRPT_POLICY_NO_POLICY_FOUND;
+        n = 0;
+    }
+    p->n_policy_strings = n;
+}
+
+/* session_gate_tlsrpt counts this session for the domain's TLS-RPT report, once: every
+ * session judged under a policy (and the failures to find one: DNSSEC, the fetch). */
+static void session_gate_tlsrpt(struct session *s, struct session_gate_domain *d,
+                                const struct gate_verdict *v)
+{
+    const struct gate_facts *f = gate_lookup_facts(d->q);
+    bool policy = v->policy == GATE_POLICY_DANE || (f->sts != NULL && v->policy == GATE_POLICY_STS);
+    bool failed = !v->pass || v->report_failure;
+    if (s->env->tlsrpt == NULL || d->reported) {
+        return;
+    }
+    /* Sessions under a policy, and failures to find one (a result type but no policy). */
+    if (!policy && !(failed && v->result_type != NULL)) {
+        return;
+    }
+    d->reported = true;
+    if (failed) {
+        enum metrics_counter counter = metrics_tls_failure(v->result_type);
+        if (counter != METRICS_N_COUNTERS) {
+            metrics_inc(counter);
+        }
+    }
+    char strings[SESSION_GATE_TLSRPT_STRINGS][160];
+    const char *ptrs[SESSION_GATE_TLSRPT_STRINGS];
+    struct tlsrpt_policy p;
+    session_gate_tlsrpt_policy(&p, strings, ptrs, f, v);
+    if (p.type != TLSRPT_POLICY_NO_POLICY_FOUND && p.n_policy_strings == 0) {
+        return;
+    }
+    int64_t now = (int64_t)time(NULL);
+    if (!failed) {
+        tlsrpt_success(s->env->tlsrpt, &p, now);
+        return;
+    }
+    char sending[INET6_ADDRSTRLEN] = "";
+    char receiving[INET6_ADDRSTRLEN] = "";
+    struct sockaddr_storage local;
+    int local_len = sizeof(local);
+    if (uv_tcp_getsockname(&s->back.tcp, (struct sockaddr *)&local, &local_len) == 0) {
+        addr_format_host(sending, sizeof(sending), (struct sockaddr *)&local);
+    }
+    addr_format_host(receiving, sizeof(receiving), &s->back_sa.sa);
+    struct tlsrpt_failure fail = {
+        .result_type = v->result_type,
+        .sending_mta_ip = sending,
+        .receiving_ip = receiving,
+        .receiving_mx_hostname = f->dane == GATE_DANE_TLSA ? f->mx_host : NULL,
+        .failure_reason_code = v->why,
+    };
+    tlsrpt_failure(s->env->tlsrpt, &p, &fail, now);
+}
+
 /* session_gate_decide judges a RCPT whose domain's facts are in, and forwards it or
  * refuses it. */
 static void session_gate_decide(struct session *s, struct session_gate_domain *d, const char *line,
@@ -231,6 +327,7 @@ static void session_gate_decide(struct session *s, struct session_gate_domain *d
 {
     struct gate_verdict v;
     gate_judge(&v, gate_lookup_facts(d->q), session_gate_leg(s), s->requiretls);
+    session_gate_tlsrpt(s, d, &v);
     if (v.pass) {
         metrics_inc(v.report_failure ? METRICS_GATE_TESTING_FAILURES : METRICS_GATE_PASSED);
         if (v.report_failure) {

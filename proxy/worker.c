@@ -153,6 +153,7 @@ int worker_init(struct worker *w, unsigned index, struct runtime *runtime,
         .front_learned = shared->front_learned,
         .back_memory = shared->back_memory,
         .anvil = shared->anvil,
+        .tlsrpt = shared->tlsrpt,
         .n_connections = &shared->connections,
     };
     w->reload = NULL;

@@ -20,6 +20,7 @@
 #include "store.h"
 
 struct sts_cache;
+struct tlsrpt;
 
 struct learn;
 struct metrics_http_server;
@@ -32,6 +33,7 @@ struct worker_shared {
     struct anvil *anvil;          /* per-client abuse limits */
     struct store_shared store;    /* the shared store's outage state, across workers */
     struct sts_cache *sts_cache;  /* MTA-STS policies fetched, across workers */
+    struct tlsrpt *tlsrpt;        /* TLS-RPT counts, across workers (NULL: gate off) */
     _Atomic unsigned connections; /* open sessions across all workers, for max_connections */
 };
 

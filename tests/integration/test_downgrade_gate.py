@@ -330,3 +330,78 @@ def test_forward_mode_relay_must_be_encrypted_and_authenticated(policy_world, gw
     mx.mode = "reset-during-handshake"
     assert line(send("a@sts-enforce.test")).startswith("450 4.7.10")
     assert not [l for c, l in mx.cleartext() if b"sts-enforce" in l.lower()], mx.describe()
+
+
+# ---- TLS-RPT ----------------------------------------------------------------------------------
+
+def test_tlsrpt_reports_written_and_submitted(policy_world, gw_proxy, tmp_path):
+    """Each policy domain's sessions are counted (RFC 8460): SIGUSR1 writes the day so far
+    as report files and submits them to the domains' rua (here https://reports.test)."""
+    import json
+    import signal
+    import harness
+    w = policy_world
+    directory = tmp_path / "tlsrpt"
+    directory.mkdir()
+    mx = w.mx("sts-enforce.test")
+    mx.mode = "reset-during-handshake"
+    proxy = start(w, gw_proxy, recipient_policy={
+        "tlsrpt_directory": str(directory), "tlsrpt_submit": "on",
+        "tlsrpt_organization": "Proxy Test", "tlsrpt_contact": "tlsrpt@proxy.test"})
+    assert transaction(w, "sts-enforce.test", ["b@sts-enforce.test"])[1].code == 450
+    assert transaction(w, "dane-ok.test", ["b@dane-ok.test"])[-1].code == 250
+    assert transaction(w, "dane-ok.test", ["c@dane-ok.test"])[-1].code == 250
+    proxy.signal(signal.SIGUSR1)
+    harness.wait_for(lambda: len(list(directory.glob("*.json"))) == 2, 10,
+                     what="two report files")
+    reports = {}
+    for path in directory.glob("*.json"):
+        sender, domain, begin, end, rest = path.name.split("!")
+        assert sender == "proxy.test" and rest.endswith(".json"), path.name
+        assert int(begin) % 86400 == 0 and int(begin) <= int(end), path.name
+        reports[domain] = json.loads(path.read_text())
+    sts = reports["sts-enforce.test"]
+    assert sts["organization-name"] == "Proxy Test"
+    assert sts["contact-info"] == "tlsrpt@proxy.test"
+    [entry] = sts["policies"]
+    assert entry["policy"]["policy-type"] == "sts"
+    assert entry["policy"]["policy-domain"] == "sts-enforce.test"
+    assert "mode: enforce" in entry["policy"]["policy-string"]
+    assert entry["policy"]["mx-host"] == ["mx.sts-enforce.test"]
+    assert entry["summary"] == {"total-successful-session-count": 0,
+                                "total-failure-session-count": 1}
+    [row] = entry["failure-details"]
+    assert row["result-type"] == "starttls-not-supported"
+    assert row["receiving-ip"] == mx.addr4 and row["failed-session-count"] == 1
+    dane = reports["dane-ok.test"]
+    [entry] = dane["policies"]
+    assert entry["policy"]["policy-type"] == "tlsa"
+    assert entry["policy"]["policy-string"][0].startswith("3 1 1 ")
+    assert entry["summary"] == {"total-successful-session-count": 2,
+                                "total-failure-session-count": 0}
+    # Submitted by POST to the rua the two domains publish, with the same JSON.
+    harness.wait_for(lambda: len(w.https.reports) >= 2, 30, what="two TLS-RPT POSTs")
+    posted = {json.loads(r.body)["policies"][0]["policy"]["policy-domain"]: r
+              for r in w.https.reports}
+    assert set(posted) == {"sts-enforce.test", "dane-ok.test"}
+    for domain, req in posted.items():
+        assert req.method == "POST" and req.path == "/tlsrpt" and req.sni == "reports.test"
+        assert req.headers.get("Content-Type") == "application/tlsrpt+json"
+        assert json.loads(req.body) == reports[domain]
+    validate_tlsrpt(list(reports.values()))
+
+
+def validate_tlsrpt(reports):
+    """Validates reports against the RFC 8460 JSON Schema kept with the unit tests."""
+    import json
+    import os
+    import jsonschema
+    root = os.environ.get("PROXY_SOURCE_DIR") or os.path.join(os.path.dirname(__file__),
+                                                               "..", "..")
+    matches = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(root, "tests"))
+               for f in files if f.startswith("tlsrpt") and f.endswith("schema.json")]
+    assert matches, "the RFC 8460 schema file is missing"
+    with open(matches[0]) as f:
+        schema = json.load(f)
+    for r in reports:
+        jsonschema.validate(r, schema)

@@ -230,8 +230,8 @@ static void test_render(void)
     int lines;
     int families;
     check_shape(text, len, &lines, &families);
-    CHECK_INT(families, 27);
-    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 27 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
+    CHECK_INT(families, 28);
+    CHECK_INT(lines, METRICS_N_COUNTERS + 2 * 28 + METRICS_N_HISTOGRAMS * (METRICS_N_BUCKETS + 3));
 
     /* The start of the text, exactly. */
     const char *head =
@@ -398,6 +398,13 @@ static void test_mappings(void)
     }
     CHECK_INT(metrics_session_end(REASON_END_COUNT), METRICS_SESSIONS_OTHER);
     CHECK_STR(reason_end_name(REASON_END_COUNT), "unknown");
+    /* RFC 8460 result types name their tls_failures_total series. */
+    CHECK_INT(metrics_tls_failure("starttls-not-supported"), METRICS_TLSRPT_STARTTLS_NOT_SUPPORTED);
+    CHECK_INT(metrics_tls_failure("sts-webpki-invalid"), METRICS_TLSRPT_STS_WEBPKI_INVALID);
+    CHECK_INT(metrics_tls_failure("dnssec-invalid"), METRICS_TLSRPT_DNSSEC_INVALID);
+    CHECK_INT(metrics_tls_failure("dnssec"), METRICS_N_COUNTERS);
+    CHECK_INT(metrics_tls_failure("dnssec-invalid-x"), METRICS_N_COUNTERS);
+    CHECK_INT(metrics_tls_failure(""), METRICS_N_COUNTERS);
     CHECK_STR(reason_end_name(REASON_END_UPSTREAM_421), "upstream-421");
 
     /* The failure classes' names are their series' labels. */
