@@ -405,3 +405,41 @@ def validate_tlsrpt(reports):
         schema = json.load(f)
     for r in reports:
         jsonschema.validate(r, schema)
+
+
+def test_tlsrpt_mailto_goes_through_the_upstream(policy_world, gw_proxy, tmp_path):
+    """A mailto: rua: the report is a multipart/report message (RFC 8460 section 5.3)
+    sent through [proxy] upstream (in transparent mode, the legacy server's port)."""
+    import base64
+    import email
+    import json
+    import signal
+    import harness
+    from policy_world import txt
+    w = policy_world
+    zone = w.zone("dane-ok.test")
+    zone.set("_smtp._tls", "TXT", txt("v=TLSRPTv1; rua=mailto:tls-reports@dane-ok.test"))
+    w.publish()
+    with w.topo.entered("gw"):
+        relay = harness.AioUpstream(host="192.0.2.1").start()
+    try:
+        proxy = start(w, gw_proxy, proxy={"upstream": relay.addr}, recipient_policy={
+            "tlsrpt_submit": "on", "tlsrpt_contact": "tlsrpt@proxy.test"})
+        assert transaction(w, "dane-ok.test", ["b@dane-ok.test"])[-1].code == 250
+        proxy.signal(signal.SIGUSR1)
+        [msg] = relay.wait_messages(1, timeout=30)
+        assert msg.mail_from == "tlsrpt@proxy.test" and msg.rcpt_tos == ["tls-reports@dane-ok.test"]
+        m = email.message_from_bytes(msg.content)
+        assert m.get_content_type() == "multipart/report"
+        assert m.get_param("report-type") == "tlsrpt"
+        assert m["TLS-Report-Domain"] == "dane-ok.test"
+        assert m["Subject"].startswith("Report Domain: dane-ok.test Submitter: ")
+        [part] = [p for p in m.walk() if p.get_content_type() == "application/tlsrpt+json"]
+        assert part.get_filename().startswith("proxy.test!dane-ok.test!")
+        report = json.loads(base64.b64decode(part.get_payload()))
+        assert report["policies"][0]["policy"]["policy-type"] == "tlsa"
+        assert report["policies"][0]["summary"]["total-successful-session-count"] == 1
+        validate_tlsrpt([report])
+        proxy.wait_event("tlsrpt-submitted", domain="dane-ok.test")
+    finally:
+        relay.stop()
