@@ -856,16 +856,25 @@ int session_accept(struct session_env *env, uv_stream_t *server)
     uv_tcp_nodelay(&s->front.tcp, 1);
     struct sockaddr_storage peer;
     int peer_len = sizeof(peer);
-    if (uv_tcp_getpeername(&s->front.tcp, (struct sockaddr *)&peer, &peer_len) == 0) {
-        addr_set(&s->front_sa, (const struct sockaddr *)&peer);
-        addr_format(s->front_addr, sizeof(s->front_addr), &s->front_sa.sa);
-    } else {
+    if (uv_tcp_getpeername(&s->front.tcp, (struct sockaddr *)&peer, &peer_len) != 0) {
+        /* Gone already (reset right after connecting): nothing to serve, no address to
+         * count against a limit. */
         snprintf(s->front_addr, sizeof(s->front_addr), "?");
+        session_abort(s, REASON_END_CLIENT_ERROR);
+        return 0;
     }
-    struct sockaddr_storage local;
-    int local_len = sizeof(local);
-    if (uv_tcp_getsockname(&s->front.tcp, (struct sockaddr *)&local, &local_len) == 0) {
-        addr_set(&s->local_sa, (const struct sockaddr *)&local);
+    addr_set(&s->front_sa, (const struct sockaddr *)&peer);
+    addr_format(s->front_addr, sizeof(s->front_addr), &s->front_sa.sa);
+    /* The local address matters only in transparent mode (the original destination) and
+     * to a PROXY header sent upstream: other sessions save the system call. */
+    enum conf_identity identity = s->conf->upstream_identity;
+    if (s->conf->mode == CONF_MODE_TRANSPARENT || identity == CONF_IDENTITY_PROXY_V1 ||
+        identity == CONF_IDENTITY_PROXY_V2) {
+        struct sockaddr_storage local;
+        int local_len = sizeof(local);
+        if (uv_tcp_getsockname(&s->front.tcp, (struct sockaddr *)&local, &local_len) == 0) {
+            addr_set(&s->local_sa, (const struct sockaddr *)&local);
+        }
     }
     log_debug(s->id, "accepted", "client=%s", s->front_addr);
 
