@@ -259,13 +259,27 @@ static void session_verb_mail(struct session *s, const struct smtp_command *cmd,
         return;
     }
     s->in_transaction = true;
+    s->rcpts_forwarded = 0;
+    s->rcpts_refused = 0;
     session_forward(s, line, len, SESSION_PENDING_MAIL);
     session_replay_note(s, cmd->verb, line, len);
+}
+
+/* session_no_recipient tells whether every RCPT of the transaction was refused here (the
+ * downgrade gate): then DATA or BDAT must not go up, where the upstream might take a
+ * message for nobody, over a leg a refused recipient's policy forbids. */
+static bool session_no_recipient(const struct session *s)
+{
+    return s->in_transaction && s->rcpts_forwarded == 0 && s->rcpts_refused > 0;
 }
 
 static void session_verb_data(struct session *s, const struct smtp_command *cmd, const char *line,
                               size_t len)
 {
+    if (session_no_recipient(s)) {
+        session_refuse(s, cmd, SESSION_LOCAL_NO_VALID_RECIPIENTS);
+        return;
+    }
     /* RFC 2920: DATA ends a pipelined group; what follows depends on its reply. */
     session_forward(s, line, len, SESSION_PENDING_DATA);
     session_replay_note(s, cmd->verb, line, len);
@@ -277,6 +291,10 @@ static void session_verb_bdat(struct session *s, const struct smtp_command *cmd,
 {
     (void)line;
     (void)len;
+    if (session_no_recipient(s)) {
+        session_refuse(s, cmd, SESSION_LOCAL_NO_VALID_RECIPIENTS);
+        return;
+    }
     /* Without CHUNKING upstream the chunk would be read there as commands. */
     if ((s->back_caps & SMTP_CAP_CHUNKING) == 0) {
         session_refuse(s, cmd, SESSION_LOCAL_BDAT_UNSUPPORTED);
@@ -318,6 +336,7 @@ static void session_verb_other(struct session *s, const struct smtp_command *cmd
 {
     session_forward(s, line, len, SESSION_PENDING_OTHER);
     session_replay_note(s, cmd->verb, line, len);
+    s->rcpts_forwarded += cmd->verb == SMTP_VERB_RCPT;
 }
 
 /* session_verb_rcpt: under the downgrade gate, each recipient is judged first. */

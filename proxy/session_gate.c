@@ -227,46 +227,62 @@ static struct session_gate_domain *session_gate_slot(struct session_gate *sg)
     return NULL;
 }
 
+/* session_gate_string adds one policy string (heap, freed by the caller). */
+static void session_gate_string(char **strings, size_t *n, const char *prefix, const char *text)
+{
+    size_t len = strlen(prefix) + strlen(text) + 1;
+    char *out = malloc(len);
+    if (out != NULL) {
+        snprintf(out, len, "%s%s", prefix, text);
+        strings[(*n)++] = out;
+    }
+}
+
 /* session_gate_tlsrpt_policy describes the policy that judged |f| for TLS-RPT (RFC 8460
- * section 4.4): the STS policy's lines, or the TLSA records; else no-policy-found. */
-static void session_gate_tlsrpt_policy(struct tlsrpt_policy *p, char (*strings)[160],
-                                       const char **ptrs, const struct gate_facts *f,
-                                       const struct gate_verdict *v)
+ * section 4.4): the STS policy's lines, or the TLSA records; else no-policy-found. The
+ * strings are allocated into |strings|: free the first p->n_policy_strings. */
+static void session_gate_tlsrpt_policy(struct tlsrpt_policy *p, char **strings,
+                                       const struct gate_facts *f, const struct gate_verdict *v)
 {
     size_t n = 0;
     p->policy_domain = f->domain;
-    p->policy_strings = ptrs;
+    p->policy_strings = (const char *const *)strings;
     p->mx_hosts = NULL;
     p->n_mx_hosts = 0;
     if (v->policy == GATE_POLICY_DANE && f->dane == GATE_DANE_TLSA) {
         p->type = TLSRPT_POLICY_TLSA;
         for (size_t i = 0; i < f->n_tlsa && n < SESSION_GATE_TLSRPT_STRINGS; i++) {
             const struct dane_tlsa *r = &f->tlsa[i];
-            if (tlsrpt_tlsa_string(strings[n], sizeof(strings[n]), r->usage, r->selector, r->mtype,
-                                   r->data, r->data_len)) {
-                ptrs[n] = strings[n];
-                n++;
+            size_t cap = 13 + 2 * r->data_len; /* a Full(0) record holds a whole certificate */
+            char *out = malloc(cap);
+            if (out != NULL && tlsrpt_tlsa_string(out, cap, r->usage, r->selector, r->mtype,
+                                                  r->data, r->data_len)) {
+                strings[n++] = out;
+            } else {
+                free(out);
             }
         }
     } else if (f->sts != NULL && v->policy == GATE_POLICY_STS) {
         p->type = TLSRPT_POLICY_STS;
-        snprintf(strings[n++], sizeof(strings[0]), "version: STSv1");
-        snprintf(strings[n++], sizeof(strings[0]), "mode: %s", mtasts_mode_name(f->sts->mode));
+        char age[16];
+        snprintf(age, sizeof(age), "%u", f->sts->max_age);
+        session_gate_string(strings, &n, "version: ", "STSv1");
+        session_gate_string(strings, &n, "mode: ", mtasts_mode_name(f->sts->mode));
         for (size_t i = 0; i < f->sts->n_mx && n + 1 < SESSION_GATE_TLSRPT_STRINGS; i++) {
-            snprintf(strings[n++], sizeof(strings[0]), "mx: %.150s", f->sts->mx[i]);
+            session_gate_string(strings, &n, "mx: ", f->sts->mx[i]);
         }
-        snprintf(strings[n++], sizeof(strings[0]), "max_age: %u", f->sts->max_age);
-        for (size_t i = 0; i < n; i++) {
-            ptrs[i] = strings[i];
-        }
+        session_gate_string(strings, &n, "max_age: ", age);
         p->mx_hosts = f->sts->mx;
         p->n_mx_hosts = f->sts->n_mx;
     } else {
         p->type = TLSRPT_POLICY_NO_POLICY_FOUND;
-        n = 0;
     }
     p->n_policy_strings = n;
 }
+
+static void session_gate_tlsrpt_count(struct session *s, const struct gate_facts *f,
+                                      const struct gate_verdict *v, const struct tlsrpt_policy *p,
+                                      bool failed);
 
 /* session_gate_tlsrpt counts this session for the domain's TLS-RPT report, once: every
  * session judged under a policy (and the failures to find one: DNSSEC, the fetch). */
@@ -290,19 +306,28 @@ static void session_gate_tlsrpt(struct session *s, struct session_gate_domain *d
             metrics_inc(counter);
         }
     }
-    char strings[SESSION_GATE_TLSRPT_STRINGS][160];
-    const char *ptrs[SESSION_GATE_TLSRPT_STRINGS];
+    char *strings[SESSION_GATE_TLSRPT_STRINGS];
     struct tlsrpt_policy p;
-    session_gate_tlsrpt_policy(&p, strings, ptrs, f, v);
-    if (p.type != TLSRPT_POLICY_NO_POLICY_FOUND && p.n_policy_strings == 0) {
-        return;
+    session_gate_tlsrpt_policy(&p, strings, f, v);
+    if (p.type == TLSRPT_POLICY_NO_POLICY_FOUND || p.n_policy_strings > 0) {
+        session_gate_tlsrpt_count(s, f, v, &p, failed);
     }
+    for (size_t i = 0; i < p.n_policy_strings; i++) {
+        free(strings[i]);
+    }
+}
+
+/* session_gate_tlsrpt_count records the session under |p|. */
+static void session_gate_tlsrpt_count(struct session *s, const struct gate_facts *f,
+                                      const struct gate_verdict *v, const struct tlsrpt_policy *p,
+                                      bool failed)
+{
     int64_t now = (int64_t)time(NULL);
     if (!failed) {
-        tlsrpt_success(s->env->tlsrpt, &p, now);
+        tlsrpt_success(s->env->tlsrpt, p, now);
         return;
     }
-    char sending[INET6_ADDRSTRLEN] = "";
+    char sending[INET6_ADDRSTRLEN] = "0.0.0.0"; /* if the address cannot be read */
     char receiving[INET6_ADDRSTRLEN] = "";
     struct sockaddr_storage local;
     int local_len = sizeof(local);
@@ -317,7 +342,7 @@ static void session_gate_tlsrpt(struct session *s, struct session_gate_domain *d
         .receiving_mx_hostname = f->dane == GATE_DANE_TLSA ? f->mx_host : NULL,
         .failure_reason_code = v->why,
     };
-    tlsrpt_failure(s->env->tlsrpt, &p, &fail, now);
+    tlsrpt_failure(s->env->tlsrpt, p, &fail, now);
 }
 
 /* session_gate_decide judges a RCPT whose domain's facts are in, and forwards it or
@@ -341,6 +366,7 @@ static void session_gate_decide(struct session *s, struct session_gate_domain *d
         d->in_transaction = true;
         session_front_forward(s, line, len, SESSION_PENDING_OTHER);
         session_replay_note(s, SMTP_VERB_RCPT, line, len);
+        s->rcpts_forwarded++;
         return;
     }
     metrics_inc(v.policy == GATE_POLICY_DANE  ? METRICS_GATE_REFUSED_DANE
@@ -353,9 +379,10 @@ static void session_gate_decide(struct session *s, struct session_gate_domain *d
              s->back.tls_active ? "yes" : "no", v.why);
     /* A remembered cleartext step must not make a TLS-requiring domain wait a whole
      * remember_failures: the next session probes TLS again. */
-    if (!s->back.tls_active && s->remembered != 0) {
-        session_learn_upstream_forget(s);
+    if (!s->back.tls_active) {
+        session_learn_upstream_forget(s); /* remembered, or learnt by this very session */
     }
+    s->rcpts_refused++;
     session_front_reply(s, session_gate_reply(&v));
 }
 
@@ -372,22 +399,26 @@ void session_gate_rcpt(struct session *s, const struct smtp_command *cmd, const 
     if (session_gate_domain_of(domain, &utf8, cmd) != DNSNAME_HOST) {
         if (utf8) {
             /* Its policy lives under the A-label, which the proxy cannot compute. */
+            s->rcpts_refused++;
             session_front_reply(s, SESSION_LOCAL_GATE_IDN);
             return;
         }
         if (s->requiretls) {
+            s->rcpts_refused++;
             session_front_reply(s, SESSION_LOCAL_GATE_REQUIRETLS_PERM);
             return;
         }
         /* No domain whose policy could apply (an address literal, "<postmaster>"). */
         session_front_forward(s, line, len, SESSION_PENDING_OTHER);
         session_replay_note(s, SMTP_VERB_RCPT, line, len);
+        s->rcpts_forwarded++;
         return;
     }
     struct session_gate_domain *d = session_gate_find(sg, domain);
     if (d == NULL) {
         d = session_gate_slot(sg);
         if (d == NULL) {
+            s->rcpts_refused++;
             session_front_reply(s, SESSION_LOCAL_GATE_DNS_FAILED);
             return;
         }
@@ -396,6 +427,7 @@ void session_gate_rcpt(struct session *s, const struct smtp_command *cmd, const 
                            session_on_gate_facts, s);
         if (d->q == NULL) {
             memset(d, 0, sizeof(*d));
+            s->rcpts_refused++;
             session_front_reply(s, SESSION_LOCAL_GATE_DNS_FAILED);
             return;
         }
@@ -433,6 +465,7 @@ void session_gate_timeout(struct session *s)
     }
     log_warn(s->id, "gate-timeout", "domain=%s wait_ms=%" PRIu64, sg->waiting->name,
              s->conf->recipients.wait_ms);
+    s->rcpts_refused++;
     /* Its lookups may still finish: a later RCPT of the domain can use them. */
     sg->waiting = NULL;
     buf_cleanup(&sg->held);

@@ -123,6 +123,7 @@ enum session_local_reply {
     SESSION_LOCAL_GATE_REQUIRETLS_TEMP,
     SESSION_LOCAL_GATE_REQUIRETLS_PERM,
     SESSION_LOCAL_REQUIRETLS_UNAVAILABLE,
+    SESSION_LOCAL_NO_VALID_RECIPIENTS,
 };
 
 /* What became of STARTTLS on leg 1, for the session line. */
@@ -208,15 +209,17 @@ struct session {
     enum session_front_mode front_mode;
     struct smtp_data_scanner scanner;
     uint64_t chunk_left;
-    bool wait_reply;     /* DATA or AUTH went up: what follows depends on its reply */
-    bool wait_starttls;  /* STARTTLS queued: what follows it is never read as commands */
-    bool greeted;        /* the client's first EHLO/HELO was taken */
-    bool need_ehlo;      /* TLS just started: RFC 3207 section 4.2 */
-    bool in_transaction; /* MAIL accepted and the message not yet finished or reset */
-    bool offer_starttls; /* advertise STARTTLS to this client (decided at accept) */
-    bool counted;        /* counted in env->n_connections */
-    bool limits_exempt;  /* the client is in [limits] exempt */
-    unsigned n_refused;  /* commands the proxy refused itself (the first few are logged) */
+    bool wait_reply;          /* DATA or AUTH went up: what follows depends on its reply */
+    bool wait_starttls;       /* STARTTLS queued: what follows it is never read as commands */
+    bool greeted;             /* the client's first EHLO/HELO was taken */
+    bool need_ehlo;           /* TLS just started: RFC 3207 section 4.2 */
+    bool in_transaction;      /* MAIL accepted and the message not yet finished or reset */
+    unsigned rcpts_forwarded; /* this transaction's RCPTs sent upstream */
+    unsigned rcpts_refused;   /* ... and refused here (the downgrade gate, syntax) */
+    bool offer_starttls;      /* advertise STARTTLS to this client (decided at accept) */
+    bool counted;             /* counted in env->n_connections */
+    bool limits_exempt;       /* the client is in [limits] exempt */
+    unsigned n_refused;       /* commands the proxy refused itself (the first few are logged) */
     struct anvil_place anvil_place;       /* our place among the client's sessions, if any */
     struct store_lookup *client_lookup;   /* the shared store is asked about the client */
     struct store_lookup *upstream_lookup; /* ... and about the upstream's address */

@@ -71,6 +71,8 @@ const char *const session_local_replies[] = {
     [SESSION_LOCAL_GATE_REQUIRETLS_PERM] =
         "550 5.7.30 REQUIRETLS support required: no DANE or MTA-STS policy authenticates the "
         "recipient's server\r\n",
+    /* RFC 5321 section 3.3: DATA when every RCPT was refused here: nothing goes upstream. */
+    [SESSION_LOCAL_NO_VALID_RECIPIENTS] = "554 5.5.1 No valid recipients\r\n",
     [SESSION_LOCAL_REQUIRETLS_UNAVAILABLE] =
         "555 5.5.4 REQUIRETLS is not available on this connection\r\n",
 };

@@ -29,8 +29,7 @@ What it proves, in one Postfix run:
      Postfix, not bounced: its log shows the proxy's `450 4.7.10` reply to RCPT TO and
      status=deferred, `postqueue -j` shows it in the deferred queue with that reason, the
      proxy logged gate-refused (mta-sts, enforce, starttls-not-supported), and the MX
-     received no RCPT and no message content in cleartext (the DATA verb itself does
-     arrive: the first bug below).
+     received nothing of the transaction in cleartext.
   2. The same for a DANE domain (dane-ok.test: DNSSEC-signed, TLSA 3 1 1).
   3. A message to a domain without policy (nopolicy.test) whose MX fails TLS the same way
      is delivered at once, in cleartext: the fallback still works where it is allowed.
@@ -38,19 +37,9 @@ What it proves, in one Postfix run:
      once, over TLS (TLS 1.2+), byte for byte as submitted below the Received header
      Postfix added, and the queue is empty; nothing was bounced.
 
-Two proxy bugs showed up here; each has a minimal reproduction below, marked
-xfail(strict=True) so that fixing the bug turns it into a failure asking for the mark to
-go. The main test tolerates their visible effects, narrowly and only in the form each bug
-takes:
-
-  - DATA relayed upstream after the gate refused every RCPT
-    (test_data_after_every_rcpt_refused_is_not_sent_in_clear): Postfix pipelines MAIL,
-    RCPT, DATA; the MX gets MAIL and DATA in clear (never a RCPT, never content: Postfix
-    ends the data at once, and the MX records an empty message without recipients).
-  - a refusal does not forget a cleartext step the same session remembered
-    (test_refusal_forgets_a_cleartext_step_learned_in_the_same_session): the first
-    `postqueue -f` after the MX's TLS is repaired is refused once more, the second
-    delivers. Without the bug the first flush delivers.
+Two proxy bugs showed up here, now fixed; each keeps a minimal regression test below:
+DATA relayed upstream after the gate refused every RCPT, and a refusal that did not
+forget a cleartext step remembered by the same session.
 
 Needs root, Postfix and the policy world's tools (nsd, ldnsutils, unbound-host); skips
 otherwise (exit status 77 when every test skipped).
@@ -150,7 +139,7 @@ def test_postfix_defers_then_delivers_over_tls(policy_world, gw_proxy, legacy_mt
         if policy == "mta-sts":
             assert (refused["mode"], refused["result"]) == \
                 ("enforce", "starttls-not-supported"), refused
-        assert_no_recipient_or_content_in_clear(w.mx(domain))
+        w.mx(domain).assert_nothing_in_clear()
 
     # --- 3: no policy: delivered at once, in cleartext (the fallback where allowed) ------
     st = pf.wait_status(qids["nopolicy.test"], "b@nopolicy.test", "sent")
@@ -174,24 +163,8 @@ def test_postfix_defers_then_delivers_over_tls(policy_world, gw_proxy, legacy_mt
     for domain in PROTECTED:
         w.mx(domain).mode = "tls-ok"
     pf.flush()
-    attempts = {}
     for domain in PROTECTED:
-        st = pf.wait_status(qids[domain], f"b@{domain}", count=2)
-        attempts[domain] = 2
-        if st["status"] == "deferred":
-            # KNOWN PROXY BUG (test_refusal_forgets_a_cleartext_step_learned_in_the_same_
-            # session): the first session remembered the cleartext step and its refusal
-            # did not forget it, so this retry started in cleartext from memory and was
-            # refused again; that refusal forgets the step (back-tls-reprobe). Tolerated
-            # once, exactly in that form; without the bug this branch is never taken.
-            assert st["dsn"] == REFUSAL[domain][0], st
-            proxy.wait_event("back-tls-reprobe", upstream=f"{w.mx_addr(domain)}:25")
-            attempts[domain] = 3
-    if 3 in attempts.values():
-        pf.wait_queued([qids[d] for d in PROTECTED if attempts[d] == 3], "deferred")
-        pf.flush()
-    for domain in PROTECTED:
-        st = pf.wait_status(qids[domain], f"b@{domain}", "sent", count=attempts[domain])
+        st = pf.wait_status(qids[domain], f"b@{domain}", "sent", count=2)
         assert st["relay"] == f"mx.{domain}[{w.mx_addr(domain)}]:25", st
         assert "250 2.0.0 Ok: queued as FAKE" in st["text"], st
     pf.wait_queued([])
@@ -205,39 +178,21 @@ def test_postfix_defers_then_delivers_over_tls(policy_world, gw_proxy, legacy_mt
         body, received = as_received(msg.content)
         assert len(received) == 1 and b"legacy.test" in received[0], received
         assert body == sent[domain], "content changed on the way"
-        assert_no_recipient_or_content_in_clear(mx)
-        assert len(pf.statuses(qids[domain])) == attempts[domain], pf.statuses(qids[domain])
+        mx.assert_nothing_in_clear(verbs=("RCPT", "DATA", "BDAT"))
+        assert len(pf.statuses(qids[domain])) == 2, pf.statuses(qids[domain])
     assert len(w.mx("nopolicy.test").messages()) == 1
     log = pf.log()
     assert "status=bounced" not in log and "TLS connection established" not in log, \
         log[-3000:]  # and Postfix's own hop was cleartext: the proxy stripped STARTTLS
 
 
-def assert_no_recipient_or_content_in_clear(mx):
-    """mx.assert_nothing_in_clear(), less the one proxy bug found here (see
-    test_data_after_every_rcpt_refused_is_not_sent_in_clear): when the gate has refused
-    every RCPT of a transaction, the proxy still relays the pipelined DATA to the MX over
-    the cleartext leg. Postfix, having seen its only RCPT refused, answers a 354 with the
-    end of data alone, so the lenient fake MX records an empty message without recipients.
-    Everything else must hold: no RCPT or BDAT outside TLS, no message content or
-    recipient outside TLS. Once the bug is fixed, call mx.assert_nothing_in_clear()."""
-    bad = mx.cleartext(verbs=("RCPT", "BDAT"))
-    assert not bad, f"{[(c.index, l) for c, l in bad]} in cleartext:\n{mx.describe()}"
-    for m in mx.messages():
-        assert m.tls or (m.content == b"" and m.rcpts == []), \
-            f"{m} in cleartext:\n{mx.describe()}"
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="proxy bug: DATA relayed upstream in clear after the gate "
-                   "refused every RCPT (see the docstring)")
 def test_data_after_every_rcpt_refused_is_not_sent_in_clear(policy_world, gw_proxy):
-    """PROXY BUG (found by the Postfix test above), marked xfail(strict): a client pipelines
+    """Regression (a bug the Postfix test above found): a client pipelines
     MAIL, RCPT and DATA (RFC 2920; Postfix does); the gate refuses the only RCPT (450
     4.7.10: MTA-STS enforce, leg 2 fell back to cleartext), yet the proxy relays DATA to
     the protected domain's MX over that cleartext leg (session_verb_data forwards DATA
     whether or not any RCPT went upstream). A compliant MX answers 503/554, but one that
-    answers 354 (as this fake does) gets the client's content in clear. Expected: the proxy
+    answers 354 (as this fake does) got the client's content in clear. Now the proxy
     answers DATA itself (RFC 5321 3.3 / RFC 2920 3.1: 554 5.5.1 no valid recipients, or
     503) and sends nothing of the transaction upstream."""
     w = policy_world
@@ -259,11 +214,8 @@ def test_data_after_every_rcpt_refused_is_not_sent_in_clear(policy_world, gw_pro
     assert data.code in (503, 554), data
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="proxy bug: a gate refusal does not forget the cleartext step "
-                   "the same session just remembered (see the docstring)")
 def test_refusal_forgets_a_cleartext_step_learned_in_the_same_session(policy_world, gw_proxy):
-    """PROXY BUG (found by the Postfix test above), marked xfail(strict): the MX of an
+    """Regression (a bug the Postfix test above found): the MX of an
     MTA-STS enforce domain fails TLS; in that session the proxy falls back to cleartext and
     remembers the cleartext step for the MX (back-tls-remembered); the gate then refuses
     the RCPT. The refusal forgets a remembered step only when the session *started* from
