@@ -1,8 +1,9 @@
 /*
  * leg: one connection's bytes and TLS pump. Reads land in bounded buffers, writes go out
- * with uv_try_write and at most one uv_write in flight, and TLS runs over tlsio's BIO pair,
- * fed in a loop until every received ciphertext byte is taken. Nothing here knows SMTP or
- * calls up into the session; the session owns the struct and every callback.
+ * with uv_try_write and at most one uv_write in flight. Once TLS started, the socket reads
+ * into tlsio's receive buffer and TLS writes its records into the queue, both in place.
+ * Nothing here knows SMTP or calls up into the session; the session owns the struct and
+ * every callback.
  */
 #include "leg.h"
 
@@ -17,9 +18,9 @@ void leg_init(struct leg *l)
     buf_init(&l->in);
     buf_init(&l->out);
     buf_init(&l->queue);
-    buf_init(&l->tls_raw);
     buf_init(&l->tls_plain);
     tlsio_init(&l->tls);
+    tlsio_attach(&l->tls, &l->queue, LEG_OUT_MAX);
     l->open = false;
     l->reading = false;
     l->writing = false;
@@ -30,12 +31,11 @@ void leg_init(struct leg *l)
 
 void leg_cleanup(struct leg *l)
 {
+    tlsio_cleanup(&l->tls);
     buf_cleanup(&l->in);
     buf_cleanup(&l->out);
     buf_cleanup(&l->queue);
-    buf_cleanup(&l->tls_raw);
     buf_cleanup(&l->tls_plain);
-    tlsio_cleanup(&l->tls);
 }
 
 void leg_reset(struct leg *l)
@@ -74,41 +74,21 @@ int leg_send(struct leg *l, const void *data, size_t len)
     return leg_queue(l, data, len);
 }
 
-/* leg_take_tls_out moves the ciphertext TLS has made into the queue. */
-static int leg_take_tls_out(struct leg *l)
-{
-    size_t pending;
-    while ((pending = tlsio_pending_out(&l->tls)) > 0) {
-        int rc = buf_reserve(&l->queue, pending, LEG_OUT_MAX);
-        if (rc != 0) {
-            return rc;
-        }
-        size_t n = 0;
-        tlsio_take_out(&l->tls, &n, buf_tail(&l->queue), buf_tail_len(&l->queue));
-        buf_commit(&l->queue, n);
-    }
-    return 0;
-}
-
-/* leg_encrypt turns the queued plaintext into ciphertext in the queue. */
+/* leg_encrypt turns the queued plaintext into records at the end of the queue. */
 static int leg_encrypt(struct leg *l)
 {
-    while (buf_len(&l->tls_plain) > 0) {
-        size_t n = 0;
-        enum tlsio_result r =
-            tlsio_write(&l->tls, &n, buf_head(&l->tls_plain), buf_len(&l->tls_plain));
-        if (r == TLSIO_FAILED || r == TLSIO_CLOSED) {
-            return UV_EPROTO;
-        }
-        buf_consume(&l->tls_plain, n);
-        int rc = leg_take_tls_out(l);
-        if (rc != 0) {
-            return rc;
-        }
-        if (n == 0 && tlsio_pending_out(&l->tls) == 0) {
-            return 0; /* nothing moves: again after the next event */
-        }
+    size_t len = buf_len(&l->tls_plain);
+    if (len == 0) {
+        return 0;
     }
+    /* Room for all of it at once: growing the queue record by record would copy it again. */
+    (void)buf_reserve(&l->queue, tlsio_sealed_max(&l->tls, len), LEG_OUT_MAX);
+    size_t n = 0;
+    enum tlsio_result r = tlsio_write(&l->tls, &n, buf_head(&l->tls_plain), len);
+    if (r == TLSIO_FAILED || r == TLSIO_CLOSED) {
+        return UV_EPROTO;
+    }
+    buf_consume(&l->tls_plain, n); /* the rest once the queue drained (the next event) */
     return 0;
 }
 
@@ -120,12 +100,6 @@ int leg_flush(struct leg *l, uv_write_cb cb, bool *out_moved)
     }
     if (l->tls_active) {
         int rc = leg_encrypt(l);
-        if (rc != 0) {
-            return rc;
-        }
-    }
-    if (l->tls_started) {
-        int rc = leg_take_tls_out(l); /* handshake messages, alerts, close_notify */
         if (rc != 0) {
             return rc;
         }
@@ -168,12 +142,21 @@ void leg_written(struct leg *l)
 
 void leg_alloc(struct leg *l, uv_buf_t *out)
 {
-    struct buf *to = l->tls_started ? &l->tls_raw : &l->in;
-    if (buf_reserve(to, LEG_READ_SIZE, LEG_IN_MAX) != 0) {
+    if (l->tls_started) {
+        void *room = NULL;
+        size_t room_len = 0;
+        if (tlsio_recv_room(&l->tls, &room, &room_len, LEG_READ_SIZE, LEG_IN_MAX) != 0) {
+            *out = uv_buf_init(NULL, 0);
+            return;
+        }
+        *out = uv_buf_init(room, (unsigned)room_len);
+        return;
+    }
+    if (buf_reserve(&l->in, LEG_READ_SIZE, LEG_IN_MAX) != 0) {
         *out = uv_buf_init(NULL, 0);
         return;
     }
-    *out = uv_buf_init(buf_tail(to), (unsigned)buf_tail_len(to));
+    *out = uv_buf_init(buf_tail(&l->in), (unsigned)buf_tail_len(&l->in));
 }
 
 bool leg_received(struct leg *l, ssize_t nread)
@@ -182,18 +165,22 @@ bool leg_received(struct leg *l, ssize_t nread)
         return false; /* EAGAIN, not the end of the stream */
     }
     if (nread > 0) {
-        buf_commit(l->tls_started ? &l->tls_raw : &l->in, (size_t)nread);
+        if (l->tls_started) {
+            tlsio_recv_commit(&l->tls, (size_t)nread);
+        } else {
+            buf_commit(&l->in, (size_t)nread);
+        }
         l->bytes_read += (uint64_t)nread;
         return true;
     }
-    l->eof = true; /* TLS hears of it once every byte before it was fed (leg_feed) */
+    l->eof = true; /* TLS hears of it (leg_tls_*) after every byte received before it */
     return true;
 }
 
 bool leg_wants_read(const struct leg *l)
 {
     return l->open && !l->eof && buf_len(&l->in) < LEG_READ_SIZE &&
-           buf_len(&l->tls_raw) < LEG_READ_SIZE;
+           tlsio_recv_pending(&l->tls) < LEG_READ_SIZE;
 }
 
 void leg_set_reading(struct leg *l, bool want, uv_alloc_cb alloc_cb, uv_read_cb read_cb)
@@ -211,100 +198,78 @@ void leg_set_reading(struct leg *l, bool want, uv_alloc_cb alloc_cb, uv_read_cb 
     }
 }
 
-/* leg_feed gives TLS as much received ciphertext as its BIO takes now, and the peer's EOF
- * once nothing received before it is left. Returns the bytes taken. */
-static size_t leg_feed(struct leg *l)
-{
-    size_t total = 0;
-    while (buf_len(&l->tls_raw) > 0) {
-        size_t n = 0;
-        if (tlsio_feed(&l->tls, &n, buf_head(&l->tls_raw), buf_len(&l->tls_raw)) != 0 || n == 0) {
-            break;
-        }
-        buf_consume(&l->tls_raw, n);
-        total += n;
-    }
-    if (l->eof && buf_len(&l->tls_raw) == 0) {
-        tlsio_feed_eof(&l->tls);
-    }
-    return total;
-}
-
 enum leg_tls leg_tls_handshake(struct leg *l)
 {
-    bool starved = false;
-    for (;;) {
-        size_t fed = leg_feed(l);
-        if (starved && fed == 0) {
-            return LEG_TLS_FAILED; /* TLS wants bytes it will not take: never loop */
-        }
-        enum tlsio_result r;
-        do {
-            r = tlsio_handshake(&l->tls);
-            if (leg_take_tls_out(l) != 0) {
-                return LEG_TLS_FAILED;
-            }
-        } while (r == TLSIO_WANT_WRITE);
-        if (r == TLSIO_OK) {
-            l->tls_active = true;
-            return LEG_TLS_DONE;
-        }
-        if (r != TLSIO_WANT_READ) {
-            return LEG_TLS_FAILED;
-        }
-        /* The handshake read the BIO dry; more of what arrived may be waiting (a large
-         * first flight comes in more pieces than the BIO pair holds at once). */
-        if (buf_len(&l->tls_raw) == 0) {
-            return l->eof ? LEG_TLS_FAILED : LEG_TLS_WANT;
-        }
-        starved = true;
+    if (l->eof) {
+        tlsio_feed_eof(&l->tls); /* TLS reads every byte received before the end first */
     }
+    switch (tlsio_handshake(&l->tls)) {
+    case TLSIO_OK:
+        l->tls_active = true;
+        return LEG_TLS_DONE;
+    case TLSIO_WANT_READ:
+        return l->eof ? LEG_TLS_FAILED : LEG_TLS_WANT;
+    case TLSIO_WANT_WRITE:
+        return LEG_TLS_WANT; /* the queue is at its cap: again once it drained */
+    case TLSIO_CLOSED:
+    case TLSIO_FAILED:
+        break;
+    }
+    return LEG_TLS_FAILED;
 }
 
 enum leg_tls leg_tls_pull(struct leg *l, bool *out_moved)
 {
     *out_moved = false;
-    for (;;) {
-        size_t fed = leg_feed(l);
-        bool progress = false;
-        while (buf_len(&l->in) < LEG_READ_SIZE) {
-            if (buf_reserve(&l->in, LEG_READ_SIZE, LEG_IN_MAX) != 0) {
-                return LEG_TLS_FAILED;
-            }
-            size_t n = 0;
-            enum tlsio_result r = tlsio_read(&l->tls, &n, buf_tail(&l->in), buf_tail_len(&l->in));
-            buf_commit(&l->in, n);
-            if (n > 0) {
-                progress = true;
-                *out_moved = true;
-            }
-            if (r == TLSIO_CLOSED) {
-                l->eof = true;
-                return LEG_TLS_CLOSED;
-            }
-            if (r == TLSIO_FAILED) {
-                (void)leg_take_tls_out(l); /* an alert, if TLS made one */
-                if (tlsio_failure(&l->tls) == TLSIO_FAILURE_EOF) {
-                    l->eof = true;
-                    return LEG_TLS_TRUNCATED;
-                }
-                return LEG_TLS_FAILED;
-            }
-            if (n == 0) {
-                break;
-            }
+    if (l->eof) {
+        tlsio_feed_eof(&l->tls);
+    }
+    while (buf_len(&l->in) < LEG_READ_SIZE) {
+        /* Room for what the received bytes can yield, not a whole read's worth: a command
+         * line costs a small buffer, and nothing is allocated when nothing came. */
+        size_t bound = tlsio_read_bound(&l->tls);
+        if (bound == 0 && !l->eof) {
+            break;
         }
-        if (leg_take_tls_out(l) != 0) { /* e.g. a key update */
+        size_t want = bound < LEG_READ_SIZE ? bound : LEG_READ_SIZE;
+        if (buf_reserve(&l->in, want > 0 ? want : 1, LEG_IN_MAX) != 0) {
             return LEG_TLS_FAILED;
         }
-        if (buf_len(&l->in) >= LEG_READ_SIZE || buf_len(&l->tls_raw) == 0 ||
-            (!progress && fed == 0)) {
-            return LEG_TLS_DONE;
+        size_t n = 0;
+        enum tlsio_result r = tlsio_read(&l->tls, &n, buf_tail(&l->in), buf_tail_len(&l->in));
+        buf_commit(&l->in, n);
+        if (n > 0) {
+            *out_moved = true;
+        }
+        if (r == TLSIO_CLOSED) {
+            l->eof = true;
+            return LEG_TLS_CLOSED;
+        }
+        if (r == TLSIO_FAILED) {
+            if (tlsio_failure(&l->tls) == TLSIO_FAILURE_EOF) {
+                l->eof = true;
+                return LEG_TLS_TRUNCATED;
+            }
+            return LEG_TLS_FAILED; /* its alert, if any, is in the queue */
+        }
+        if (n == 0) {
+            break; /* TLS wants more, or the queue is full (a KeyUpdate to answer) */
         }
     }
+    return LEG_TLS_DONE;
 }
 
 bool leg_tls_has_input(const struct leg *l)
 {
-    return buf_len(&l->tls_raw) > 0;
+    return tlsio_recv_pending(&l->tls) > 0;
+}
+
+size_t leg_tls_unread(const struct leg *l)
+{
+    return tlsio_recv_pending(&l->tls);
+}
+
+void leg_tls_drop_input(struct leg *l)
+{
+    tlsio_recv_discard(&l->tls);
 }

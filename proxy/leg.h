@@ -30,17 +30,17 @@ struct leg {
     uv_write_t write_req;
     struct buf in;        /* plaintext read, not yet processed */
     struct buf out;       /* handed to uv_write: must not move until its callback */
-    struct buf queue;     /* waiting behind |out|: ciphertext once TLS is active */
-    struct buf tls_raw;   /* ciphertext read, not yet taken by tls */
+    struct buf queue;     /* waiting behind |out|: ciphertext once TLS started (TLS writes
+                             its records here itself, see tlsio_attach) */
     struct buf tls_plain; /* plaintext waiting to be encrypted */
-    struct tlsio tls;
-    uint64_t bytes_read; /* over every connection this leg had */
-    bool open;           /* tcp is initialised and not yet closing */
-    bool reading;        /* uv_read_start is in force */
-    bool writing;        /* a uv_write is in flight */
-    bool eof;            /* the peer will send no more */
-    bool tls_started;    /* reads go to tls_raw from now on */
-    bool tls_active;     /* the handshake is complete */
+    struct tlsio tls;     /* once TLS started, reads go into its receive buffer */
+    uint64_t bytes_read;  /* over every connection this leg had */
+    bool open;            /* tcp is initialised and not yet closing */
+    bool reading;         /* uv_read_start is in force */
+    bool writing;         /* a uv_write is in flight */
+    bool eof;             /* the peer will send no more */
+    bool tls_started;     /* reads go to TLS from now on */
+    bool tls_active;      /* the handshake is complete */
 };
 
 /* What a TLS step came to. */
@@ -89,8 +89,8 @@ int leg_flush(struct leg *l, uv_write_cb cb, bool *out_moved);
 /* leg_written is called from the write callback: the bytes in flight are gone. */
 void leg_written(struct leg *l);
 
-/* leg_alloc hands libuv the free tail of the input buffer (tls_raw once TLS started),
- * growing it up to LEG_IN_MAX; an empty buffer when full. */
+/* leg_alloc hands libuv the free tail of the input buffer (TLS's receive buffer once TLS
+ * started), growing it up to LEG_IN_MAX; an empty buffer when full. */
 void leg_alloc(struct leg *l, uv_buf_t *out);
 
 /* leg_received keeps the |nread| bytes libuv read into leg_alloc()'s buffer, or marks the
@@ -105,23 +105,29 @@ bool leg_wants_read(const struct leg *l);
 void leg_set_reading(struct leg *l, bool want, uv_alloc_cb alloc_cb, uv_read_cb read_cb);
 
 /*
- * leg_tls_handshake feeds every ciphertext byte received so far to the handshake (in as
- * many rounds as the BIO pair needs: one read may hold a 35 KB certificate flight) and
- * queues what it answers. LEG_TLS_DONE once complete (tls_active is set), LEG_TLS_WANT,
- * or LEG_TLS_FAILED (also when the peer closed mid-handshake).
+ * leg_tls_handshake runs the handshake on every ciphertext byte received so far (one read
+ * may hold a 35 KB certificate flight) and queues what it answers. LEG_TLS_DONE once
+ * complete (tls_active is set), LEG_TLS_WANT, or LEG_TLS_FAILED (also when the peer closed
+ * mid-handshake).
  */
 enum leg_tls leg_tls_handshake(struct leg *l);
 
 /*
  * leg_tls_pull moves received ciphertext through the established TLS into |in|, as much as
- * fits under LEG_READ_SIZE; the rest stays in tls_raw or inside TLS until |in| is used up
- * (call again then: no socket event will come for it). Sets *out_moved when plaintext was
- * added. LEG_TLS_DONE, LEG_TLS_CLOSED (close_notify; eof is set), LEG_TLS_TRUNCATED (a
- * close without close_notify; eof is set) or LEG_TLS_FAILED.
+ * fits under LEG_READ_SIZE; the rest stays in TLS until |in| is used up (call again then:
+ * no socket event will come for it). Sets *out_moved when plaintext was added.
+ * LEG_TLS_DONE, LEG_TLS_CLOSED (close_notify; eof is set), LEG_TLS_TRUNCATED (a close
+ * without close_notify; eof is set) or LEG_TLS_FAILED.
  */
 enum leg_tls leg_tls_pull(struct leg *l, bool *out_moved);
 
 /* leg_tls_has_input tells whether ciphertext or decrypted bytes wait inside the leg. */
 bool leg_tls_has_input(const struct leg *l);
+
+/* leg_tls_unread returns the bytes of ciphertext received and not yet read by TLS. */
+size_t leg_tls_unread(const struct leg *l);
+
+/* leg_tls_drop_input throws away the ciphertext received and not yet read by TLS. */
+void leg_tls_drop_input(struct leg *l);
 
 #endif

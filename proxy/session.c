@@ -413,7 +413,7 @@ static void session_update_reading(struct session *s)
         /* Not before our 220 is out and TLS started: what the client sends meanwhile stays
          * in the kernel, and only TLS reads it. */
         front_want =
-            s->front.tls_started && !s->front.eof && buf_len(&s->front.tls_raw) < LEG_READ_SIZE;
+            s->front.tls_started && !s->front.eof && leg_tls_unread(&s->front) < LEG_READ_SIZE;
         break;
     case SESSION_CLOSING:
         front_want = s->lingering && !s->front.eof;
@@ -659,7 +659,7 @@ static void session_on_front_read(uv_stream_t *stream, ssize_t nread, const uv_b
     case SESSION_CLOSING:
         /* Lingering: the client's words no longer matter. */
         buf_cleanup(&s->front.in);
-        buf_cleanup(&s->front.tls_raw);
+        leg_tls_drop_input(&s->front);
         if (nread < 0) {
             session_abort(s, s->end_reason);
             return;

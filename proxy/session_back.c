@@ -554,6 +554,7 @@ static void session_back_tls_begin(struct session *s)
         .no_client_cert = s->attempt.no_client_cert,
         .max_tls12 = s->attempt.max_tls12,
         .verify_soft = s->back_policy != CONF_BACK_STARTTLS_REQUIRE,
+        .address = s->back_addr,
     };
     int rc = tlsio_start_back(&s->back.tls, s->runtime->back_ctx, &options);
     if (rc != 0) {
@@ -792,8 +793,9 @@ static bool session_back_handshake(struct session *s)
     }
     metrics_observe(METRICS_BACK_HANDSHAKE_SECONDS,
                     (double)(session_now_ms(s) - s->tls_started_ms) / 1000.0);
-    log_info(s->id, "back-tls", "upstream=%s version=%s cipher=%s step=%s", s->back_addr,
-             tlsio_version(&b->tls), tlsio_cipher(&b->tls), ladder_name(&s->attempt));
+    log_info(s->id, "back-tls", "upstream=%s version=%s cipher=%s step=%s%s", s->back_addr,
+             tlsio_version(&b->tls), tlsio_cipher(&b->tls), ladder_name(&s->attempt),
+             tlsio_resumed(&b->tls) ? " resumed=yes" : "");
     session_back_enter(s, SESSION_BACK_HELLO);
     return true;
 }

@@ -810,9 +810,10 @@ bool session_front_handshake(struct session *s)
     }
     metrics_observe(METRICS_FRONT_HANDSHAKE_SECONDS,
                     (double)(session_now_ms(s) - s->tls_started_ms) / 1000.0);
-    log_info(s->id, "front-tls", "client=%s version=%s cipher=%s%s%s", s->front_addr,
+    log_info(s->id, "front-tls", "client=%s version=%s cipher=%s%s%s%s", s->front_addr,
              tlsio_version(&f->tls), tlsio_cipher(&f->tls),
-             s->front_cert[0] != '\0' ? " client_cert=" : "", s->front_cert);
+             s->front_cert[0] != '\0' ? " client_cert=" : "", s->front_cert,
+             tlsio_resumed(&f->tls) ? " resumed=yes" : "");
     session_enter(s, SESSION_RELAY);
     return true;
 }

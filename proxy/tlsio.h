@@ -1,8 +1,9 @@
 /*
- * tlsio: TLS for one leg of a session, BoringSSL over a pair of bounded memory BIOs.
+ * tlsio: TLS for one leg of a session, BoringSSL over memory buffers.
  *
- * The caller moves ciphertext between its socket and tlsio (tlsio_feed, tlsio_take_out)
- * and plaintext between tlsio and the SMTP code (tlsio_read, tlsio_write). tlsio never
+ * The caller moves ciphertext between its socket and tlsio, either by copying it
+ * (tlsio_feed, tlsio_take_out) or by lending tlsio its own buffers (tlsio_attach), and
+ * plaintext between tlsio and the SMTP code (tlsio_read, tlsio_write). tlsio never
  * touches a socket, the event loop or the log: every failure comes back as text.
  */
 #ifndef PROXY_TLSIO_H
@@ -11,23 +12,24 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "buf.h"
 #include "conf.h"
 
 struct ssl_st;
-struct bio_st;
 
 /* Room for the error text of tlsio_ctx_new_front()/tlsio_ctx_new_back(). */
 #define TLSIO_ERR_MAX 512
 /* Room for a connection's failure reason. */
 #define TLSIO_REASON_MAX 160
-/* Each direction of the BIO pair holds one largest TLS record (RFC 5246 section 6.2.3). */
+/* Without tlsio_attach(), each direction holds at most one largest TLS record (RFC 5246
+ * section 6.2.3): what tlsio_feed() takes and what waits for tlsio_take_out(). */
 #define TLSIO_BIO_SIZE (5 + 16384 + 2048)
 
 /* The outcome of a step on one connection. */
 enum tlsio_result {
     TLSIO_OK = 0,     /* done: handshake complete, bytes read or written, close_notify queued */
     TLSIO_WANT_READ,  /* feed more ciphertext (tlsio_feed), then call again */
-    TLSIO_WANT_WRITE, /* the outgoing BIO is full: tlsio_take_out(), then call again */
+    TLSIO_WANT_WRITE, /* the output is full: tlsio_take_out(), then call again */
     TLSIO_CLOSED,     /* tlsio_read: the peer sent close_notify */
     TLSIO_FAILED,     /* see tlsio_failure() and tlsio_reason(); every later call fails too */
 };
@@ -65,15 +67,27 @@ struct tlsio_back_options {
     bool no_client_cert; /* answer a certificate request with an empty certificate */
     bool max_tls12;      /* offer TLS 1.2 at most */
     bool verify_soft;    /* verify = ca: record a failure (tlsio_verify_result) but go on */
+    const char *address; /* the upstream's address as text ("192.0.2.1:25"): sessions are
+                            resumed per address, name and the flags above; NULL for none */
 };
 
 /* One TLS connection, embedded in a session. Fields are private to tlsio.c. */
 struct tlsio {
     struct ssl_st *ssl;
-    struct bio_st *net;     /* our end of the BIO pair: ciphertext from and to the peer */
-    size_t write_retry_len; /* plaintext sealed in a record the BIO could not take yet */
+    char *rx; /* ciphertext from the peer not yet read by TLS: [rx_start, rx_end) */
+    size_t rx_start;
+    size_t rx_end;
+    size_t rx_cap;
+    bool rx_keep;    /* the last receive filled its room: keep rx for the next one */
+    struct buf *out; /* lent by tlsio_attach(): ciphertext for the peer, appended by
+                        TLS; NULL: own_out, emptied by tlsio_take_out() */
+    size_t out_max;  /* what |out| may hold */
+    struct buf own_out;
+    char *cache_key;        /* back leg: the key its sessions are resumed and kept under */
+    size_t write_retry_len; /* plaintext sealed in a record |out| could not take yet */
     bool eof;               /* tlsio_feed_eof() was called */
     bool verify;            /* the back context verifies certificates */
+    bool verify_hard;       /* ... and a failure fails the handshake */
     bool offered_ecdsa;     /* front: the ClientHello offers ECDSA / RSA cipher suites */
     bool offered_rsa;
     int alert_received; /* alert descriptions, -1 for none */
@@ -118,11 +132,50 @@ struct tlsio_ctx *tlsio_ctx_ref(struct tlsio_ctx *ctx);
 /* tlsio_ctx_free drops the caller's reference. tlsio_ctx_free(NULL) does nothing. */
 void tlsio_ctx_free(struct tlsio_ctx *ctx);
 
-/* tlsio_init makes |t| idle; tlsio_cleanup() is safe afterwards. */
+/* tlsio_init makes |t| idle, with its own buffers; tlsio_cleanup() is safe afterwards. */
 void tlsio_init(struct tlsio *t);
 
-/* tlsio_cleanup frees the connection; |t| is idle again and may be started anew. */
+/* tlsio_cleanup frees the connection and its unread ciphertext; |t| is idle again and may
+ * be started anew, still with the output buffer tlsio_attach() lent it (its bytes stay the
+ * lender's). */
 void tlsio_cleanup(struct tlsio *t);
+
+/*
+ * tlsio_attach lends |t| the caller's output buffer, for good: TLS appends the ciphertext
+ * it makes to |out| while |out| holds less than |out_max| bytes, and the caller writes it
+ * to its socket and consumes it, with no copy in between; tlsio_pending_out() and
+ * tlsio_take_out() then work on |out|. |out| must stay where it is for as long as |t| is
+ * used; call it on an idle |t|.
+ */
+void tlsio_attach(struct tlsio *t, struct buf *out, size_t out_max);
+
+/*
+ * tlsio_recv_room points |*out_data| at room for at least |want| bytes of ciphertext from
+ * the peer, without letting |t| hold more than |max| unread (TLS reads them from there in
+ * place), and sets |*out_len| to the room's size. Returns 0, -ENOMEM, or -ENOBUFS when
+ * |want| does not fit under |max|. The room lives until the next call on |t|.
+ */
+int tlsio_recv_room(struct tlsio *t, void **out_data, size_t *out_len, size_t want, size_t max);
+
+/*
+ * tlsio_recv_commit records that |len| bytes were received into tlsio_recv_room()'s room.
+ * The memory is kept between receives that fill their room (a peer sending a stream) and
+ * released once TLS has read everything after one that did not.
+ */
+void tlsio_recv_commit(struct tlsio *t, size_t len);
+
+/* tlsio_recv_pending returns the bytes of ciphertext received and not yet read by TLS. */
+size_t tlsio_recv_pending(const struct tlsio *t);
+
+/* tlsio_recv_discard drops them, and releases the memory. */
+void tlsio_recv_discard(struct tlsio *t);
+
+/*
+ * tlsio_read_bound returns an upper bound of the plaintext that what |t| has received can
+ * yield now: the unread ciphertext, and a record's worth if TLS holds a part of one or
+ * decrypted bytes not yet read. 0 means tlsio_read() would want more input.
+ */
+size_t tlsio_read_bound(const struct tlsio *t);
 
 /*
  * tlsio_start_front makes idle |t| the server side of a handshake with |ctx| (a front
@@ -139,14 +192,16 @@ int tlsio_start_back(struct tlsio *t, struct tlsio_ctx *ctx,
                      const struct tlsio_back_options *options);
 
 /*
- * tlsio_feed copies ciphertext received from the peer into |t|, as much as fits, and
- * sets |*out_len| to the bytes taken (maybe 0); the caller keeps the rest and feeds it
- * after tlsio_handshake() or tlsio_read() made room. Returns 0, or -EPIPE after
- * tlsio_feed_eof().
+ * tlsio_feed copies ciphertext received from the peer into |t|, as much as fits (up to
+ * TLSIO_BIO_SIZE bytes not yet read by TLS), and sets |*out_len| to the bytes taken (maybe
+ * 0); the caller keeps the rest and feeds it after tlsio_handshake() or tlsio_read() made
+ * room. Returns 0, -ENOMEM, or -EPIPE after tlsio_feed_eof(). (tlsio_recv_room() takes
+ * the bytes without a copy.)
  */
 int tlsio_feed(struct tlsio *t, size_t *out_len, const void *data, size_t len);
 
-/* tlsio_feed_eof tells |t| that the peer closed its side: no more ciphertext comes. */
+/* tlsio_feed_eof tells |t| that the peer closed its side: no more ciphertext comes than
+ * what was fed or received already. */
 void tlsio_feed_eof(struct tlsio *t);
 
 /*
@@ -165,7 +220,7 @@ enum tlsio_result tlsio_handshake(struct tlsio *t);
 enum tlsio_result tlsio_read(struct tlsio *t, size_t *out_len, void *data, size_t len);
 
 /*
- * tlsio_write encrypts as much of |data| as the outgoing BIO has room for and sets
+ * tlsio_write encrypts as much of |data| as the output has room for and sets
  * |*out_len| to the bytes accepted. The rest must be offered again, unchanged and
  * starting at the same byte, once tlsio_take_out() made room. Returns TLSIO_OK
  * (something was accepted, or |len| is 0), TLSIO_WANT_WRITE (nothing was) or
@@ -173,6 +228,10 @@ enum tlsio_result tlsio_read(struct tlsio *t, size_t *out_len, void *data, size_
  * its side without close_notify (TLSIO_FAILURE_EOF): it may still read.
  */
 enum tlsio_result tlsio_write(struct tlsio *t, size_t *out_len, const void *data, size_t len);
+
+/* tlsio_sealed_max returns the most ciphertext tlsio_write() makes of |len| bytes of
+ * plaintext. Only after a completed handshake. */
+size_t tlsio_sealed_max(const struct tlsio *t, size_t len);
 
 /* tlsio_pending_out returns the number of ciphertext bytes waiting to be sent. */
 size_t tlsio_pending_out(const struct tlsio *t);
@@ -220,6 +279,10 @@ enum tlsio_verify tlsio_verify_result(const struct tlsio *t, const char **out_te
  * (or |out| is too small).
  */
 bool tlsio_peer_fingerprint(const struct tlsio *t, char *out, size_t out_size);
+
+/* tlsio_resumed tells whether the completed handshake resumed an earlier session (no
+ * certificate was sent: the peer's chain is the one of that session). */
+bool tlsio_resumed(const struct tlsio *t);
 
 /* tlsio_protocol returns the negotiated version as BoringSSL's number (TLS1_2_VERSION,
  * 0x0303), or 0 before the handshake completed. */

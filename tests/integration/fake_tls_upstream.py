@@ -39,8 +39,12 @@ chunks read by their byte counts, the message recorded at LAST (Message.kind "BD
 The mode may be changed at run time (set .mode); each connection takes the mode current when
 it was accepted. Records per connection: every command line (raw bytes, inside and outside
 TLS, in order), STARTTLS count, the ClientHello's offered versions, the TLS version/cipher
-and whether the client presented a certificate, the handshake error, and every delivered
-message with the transport it came over.
+and whether the client presented a certificate, whether the handshake resumed an earlier
+session, the handshake error, and every delivered message with the transport it came over.
+
+Like a real server it lets clients resume their sessions (TLS 1.3 tickets, TLS 1.2 tickets
+and session IDs): one server context per mode serves every connection, so a ticket issued on
+one connection is accepted on the next; Conn.resumed records whether it was.
 """
 
 import socket
@@ -66,8 +70,9 @@ TLS_VERSION_NAMES = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2",
 # --------------------------------------------------------------------------------------
 
 def parse_client_hello(data):
-    """Offered versions of a ClientHello record: {"legacy": 0x0303, "supported": [...]},
-    or None when |data| is not (yet) a complete ClientHello record."""
+    """Offered versions of a ClientHello record: {"legacy": 0x0303, "supported": [...],
+    "resumption": bool (a TLS 1.3 pre_shared_key, a TLS 1.2 ticket or session ID)}, or None
+    when |data| is not (yet) a complete ClientHello record."""
     if len(data) < 5 or data[0] != 0x16:
         return None
     reclen = struct.unpack("!H", data[3:5])[0]
@@ -82,10 +87,12 @@ def parse_client_hello(data):
         pos = 0
         legacy = struct.unpack("!H", hs[pos:pos + 2])[0]
         pos += 2 + 32
+        session_id_len = hs[pos]
         pos += 1 + hs[pos]                                        # session id
         pos += 2 + struct.unpack("!H", hs[pos:pos + 2])[0]        # cipher suites
         pos += 1 + hs[pos]                                        # compression
         supported = []
+        psk = ticket = False
         if pos + 2 <= len(hs):
             extlen = struct.unpack("!H", hs[pos:pos + 2])[0]
             pos += 2
@@ -99,7 +106,13 @@ def parse_client_hello(data):
                     n = ext[0]
                     supported = [struct.unpack("!H", ext[1 + i:3 + i])[0]
                                  for i in range(0, n, 2)]
-        return {"legacy": legacy, "supported": supported}
+                elif etype == 0x0029:
+                    psk = True                                    # pre_shared_key
+                elif etype == 0x0023 and ext:
+                    ticket = True                                 # session_ticket
+        # A TLS 1.3 client always sends a (fake) session ID: only a TLS 1.2 one resumes.
+        resumption = psk or ticket or (session_id_len > 0 and 0x0304 not in supported)
+        return {"legacy": legacy, "supported": supported, "resumption": resumption}
     except (struct.error, IndexError):
         return {"legacy": None, "supported": [], "bad": True}
 
@@ -148,6 +161,8 @@ class Conn:
         self.tls_version = None       # after a successful handshake
         self.tls_cipher = None
         self.client_cert = None       # True/False after a handshake that asked for one
+        self.resumed = None           # after a successful handshake: an earlier session?
+        self.offered_resumption = None  # the ClientHello offered one (modes that read it)
         self.handshake_error = None   # text of a failed server-side handshake
         self.after_starttls = b""     # bytes pipelined after the STARTTLS line (cleartext)
         self.partial = None           # body bytes read before tls-break-in-data closed
@@ -174,7 +189,7 @@ class Conn:
 
     def __repr__(self):
         return (f"Conn#{self.index}(mode={self.mode}, starttls={self.starttls}, "
-                f"hello_max={self.hello_max}, tls={self.tls_version}, "
+                f"hello_max={self.hello_max}, tls={self.tls_version}, resumed={self.resumed}, "
                 f"hs_error={self.handshake_error!r}, commands={self.commands!r}, "
                 f"messages={len(self.messages)})")
 
@@ -221,6 +236,7 @@ class TlsFakeUpstream:
         self.caps = list(caps)
         self.other_ca = other_ca
         self.connections = []
+        self._contexts = {}           # (mode, certificates) -> server context
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = []
@@ -315,6 +331,16 @@ class TlsFakeUpstream:
     # --- TLS contexts -----------------------------------------------------------------
 
     def _server_context(self, mode):
+        """The server context of |mode| and the current certificate, made at its first use
+        and kept (its ticket keys let a later connection resume)."""
+        key = (mode, self.cert, self.key, self.other_ca, self.rsa_cert)
+        with self._lock:
+            ctx = self._contexts.get(key)
+            if ctx is None:
+                ctx = self._contexts[key] = self._new_server_context(mode)
+            return ctx
+
+    def _new_server_context(self, mode):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         if mode == "no-shared-cipher":
             if self.rsa_cert is not None:
@@ -507,6 +533,8 @@ class TlsFakeUpstream:
         data = io.read_client_hello(timeout=5.0, peek=True)
         conn.client_hello = parse_client_hello(data)
         conn.hello_max = offered_max_version(conn.client_hello)
+        if conn.client_hello is not None:
+            conn.offered_resumption = conn.client_hello.get("resumption", False)
         if mode == "tls13-intolerant" and conn.client_hello is not None and \
                 0x0304 in conn.client_hello["supported"]:
             # Take the ClientHello off the socket so that the close is a FIN (EOF).
@@ -530,6 +558,7 @@ class TlsFakeUpstream:
             conn.client_cert = bool(tsock.getpeercert(binary_form=True))
         conn.tls_version = tsock.version()
         conn.tls_cipher = tsock.cipher()[0]
+        conn.resumed = tsock.session_reused
         conn.tls_commands_start = len(conn.commands)
         io.state = {}
         if mode == "post-tls-close":

@@ -23,6 +23,7 @@
 #include <openssl/x509v3.h>
 
 #include "check.h"
+#include "tlsio_impl.h"
 
 #define CHECK_HAS(got, needle)                                                                     \
     do {                                                                                           \
@@ -922,6 +923,275 @@ static void test_ctx_lifetime(void)
     tlsio_ctx_free(NULL);
 }
 
+/* ---- buffers lent to tlsio ---- */
+
+/* lent_move moves the ciphertext |from| made into |out| over to |to|'s receive room. */
+static bool lent_move(struct buf *out, struct tlsio *to)
+{
+    bool moved = false;
+    while (buf_len(out) > 0) {
+        void *room = NULL;
+        size_t room_len = 0;
+        CHECK_INT(tlsio_recv_room(to, &room, &room_len, 4096, 4 << 20), 0);
+        size_t n = buf_len(out) < room_len ? buf_len(out) : room_len;
+        memcpy(room, buf_head(out), n);
+        tlsio_recv_commit(to, n);
+        buf_consume(out, n);
+        moved = true;
+    }
+    return moved;
+}
+
+/*
+ * The socket's side of the leg: TLS reads records from where they were received and
+ * writes its own into the lent queue, and while idle it holds no buffer at all.
+ */
+static void test_lent_buffers(void)
+{
+    struct tlsio_ctx *front_c = front_ctx_ec();
+    struct tlsio_ctx *back_c = back_ctx(NULL);
+    struct buf front_out;
+    struct buf back_out;
+    buf_init(&front_out);
+    buf_init(&back_out);
+    struct tlsio front;
+    struct tlsio back;
+    tlsio_init(&front);
+    tlsio_init(&back);
+    tlsio_attach(&front, &front_out, 4 << 20);
+    tlsio_attach(&back, &back_out, 4 << 20);
+    static const struct tlsio_back_options none = {0};
+    CHECK_INT(tlsio_start_front(&front, front_c), 0);
+    CHECK_INT(tlsio_start_back(&back, back_c, &none), 0);
+    CHECK_INT(tlsio_read_bound(&front), 0);
+    enum tlsio_result fr = TLSIO_WANT_READ;
+    enum tlsio_result br = TLSIO_WANT_READ;
+    for (int i = 0; i < 20 && (fr != TLSIO_OK || br != TLSIO_OK); i++) {
+        br = br == TLSIO_OK ? br : tlsio_handshake(&back);
+        lent_move(&back_out, &front);
+        fr = fr == TLSIO_OK ? fr : tlsio_handshake(&front);
+        lent_move(&front_out, &back);
+    }
+    CHECK_INT(fr, TLSIO_OK);
+    CHECK_INT(br, TLSIO_OK);
+    CHECK_INT(tlsio_pending_out(&front), buf_len(&front_out));
+
+    /* 1 MiB in one write: every record goes straight into the lent queue. */
+    size_t big_len = 1 << 20;
+    unsigned char *big = malloc(big_len);
+    unsigned char *got = malloc(big_len);
+    for (size_t i = 0; i < big_len; i++) {
+        big[i] = (unsigned char)(i * 13 + i / 509);
+    }
+    size_t n = 0;
+    CHECK_INT(tlsio_write(&back, &n, big, big_len), TLSIO_OK);
+    CHECK_INT(n, big_len);
+    CHECK(buf_len(&back_out) <= tlsio_sealed_max(&back, big_len));
+    CHECK(buf_len(&back_out) > big_len);
+    lent_move(&back_out, &front);
+    CHECK(tlsio_read_bound(&front) >= tlsio_recv_pending(&front));
+    size_t received = 0;
+    enum tlsio_result r;
+    while ((r = tlsio_read(&front, &n, got + received, big_len - received)) == TLSIO_OK) {
+        received += n;
+    }
+    CHECK_INT(r, TLSIO_WANT_READ);
+    CHECK_MEM(got, received, big, big_len);
+    CHECK_INT(tlsio_recv_pending(&front), 0);
+    CHECK_INT(tlsio_read_bound(&front), 0);
+
+    /* A small command after the stream: once read, nothing is held. */
+    CHECK_INT(tlsio_write(&back, &n, "QUIT\r\n", 6), TLSIO_OK);
+    lent_move(&back_out, &front);
+    CHECK_INT(tlsio_read(&front, &n, got, big_len), TLSIO_OK);
+    CHECK_MEM(got, n, "QUIT\r\n", 6);
+    CHECK_INT(tlsio_read(&front, &n, got, big_len), TLSIO_WANT_READ);
+    CHECK(front.rx == NULL); /* white box: the receive buffer is gone */
+    CHECK_INT(buf_len(&front_out), 0);
+
+    /* A full receive room is kept for the next receive; a partial one is released. */
+    void *room = NULL;
+    size_t room_len = 0;
+    CHECK_INT(tlsio_recv_room(&front, &room, &room_len, 100, 1000), 0);
+    CHECK_INT(room_len, 100);
+    CHECK_INT(tlsio_recv_room(&front, &room, &room_len, 1001, 1000), -ENOBUFS);
+    tlsio_recv_discard(&front);
+    CHECK(front.rx == NULL);
+
+    /* cleanup keeps the lent buffer (and what it holds: the lender's). */
+    CHECK_INT(buf_append(&front_out, "x", 1, 10), 0);
+    tlsio_cleanup(&front);
+    CHECK(front.out == &front_out);
+    CHECK_INT(tlsio_pending_out(&front), 1);
+    free(big);
+    free(got);
+    tlsio_cleanup(&front);
+    tlsio_cleanup(&back);
+    buf_cleanup(&front_out);
+    buf_cleanup(&back_out);
+    tlsio_ctx_free(front_c);
+    tlsio_ctx_free(back_c);
+}
+
+/* ---- resumption ---- */
+
+/* settle lets the back read what the front sends after the handshake: its TLS 1.3 ticket
+ * goes out with its first write (BoringSSL holds it back until then). */
+static void settle(struct pair *p)
+{
+    CHECK_INT(transfer(p, false, (const unsigned char *)"250 ok\r\n", 8, 100), 0);
+}
+
+/* resumed connects with |options| and tells whether the handshake resumed (both sides
+ * agree); the back has read its new ticket when it returns. */
+static bool resumed(struct tlsio_ctx *front, struct tlsio_ctx *back,
+                    const struct tlsio_back_options *options)
+{
+    struct pair *p = connect_ok(front, back, options);
+    settle(p);
+    bool r = tlsio_resumed(&p->back);
+    CHECK(tlsio_resumed(&p->front) == r);
+    pair_free(p);
+    return r;
+}
+
+/* cached returns the number of sessions the back context keeps for |options|. */
+static size_t cached(struct tlsio_ctx *back, const struct tlsio_back_options *options)
+{
+    char key[TLSIO_RESUME_KEY_MAX];
+    snprintf(key, sizeof(key), "%s %s %s%s%s", options->address,
+             options->name != NULL ? options->name : "-", options->no_client_cert ? "n" : "c",
+             options->max_tls12 ? "2" : "3", options->verify_soft ? "s" : "h");
+    return tlsio_resume_count(back->cache, key);
+}
+
+static void test_resume_back(void)
+{
+    struct tlsio_ctx *front = front_ctx_ec();
+    struct tlsio_ctx *back = back_ctx_verify(ca_pem);
+    struct tlsio_back_options options = {.name = HOST, .address = "192.0.2.25:25"};
+
+    /* No address: nothing kept, nothing resumed. */
+    struct tlsio_back_options anonymous = {.name = HOST};
+    CHECK(!resumed(front, back, &anonymous));
+    CHECK(!resumed(front, back, &anonymous));
+
+    struct pair *first = connect_ok(front, back, &options);
+    settle(first);
+    CHECK(!tlsio_resumed(&first->back));
+    CHECK_INT(cached(back, &options), 1);
+    char fingerprint[TLSIO_FINGERPRINT_MAX];
+    CHECK(tlsio_peer_fingerprint(&first->back, fingerprint, sizeof(fingerprint)));
+
+    /* The next connection resumes; the session carries the upstream's chain, so the gate
+     * judges a resumed leg as it judged the first one. */
+    struct pair *p = connect_ok(front, back, &options);
+    CHECK(tlsio_resumed(&p->back));
+    CHECK(tlsio_resumed(&p->front));
+    CHECK_INT(cached(back, &options), 0); /* a TLS 1.3 session is used once */
+    CHECK_INT(tlsio_verify_result(&p->back, NULL), TLSIO_VERIFY_OK);
+    const uint8_t *der[4];
+    size_t len[4];
+    const uint8_t *der1[4];
+    size_t len1[4];
+    CHECK_INT(tlsio_peer_chain(&p->back, der, len, 4), 2);
+    CHECK_INT(tlsio_peer_chain(&first->back, der1, len1, 4), 2);
+    CHECK_MEM(der[0], len[0], der1[0], len1[0]);
+    char fp[TLSIO_FINGERPRINT_MAX];
+    CHECK(tlsio_peer_fingerprint(&p->back, fp, sizeof(fp)));
+    CHECK_STR(fp, fingerprint);
+    char names[2][TLSIO_DNS_NAME_MAX];
+    CHECK_INT(tlsio_peer_dns_names(&p->back, names, 2), 1);
+    CHECK_STR(names[0], HOST);
+    struct tlsio_ctx *webpki = NULL;
+    char err[TLSIO_ERR_MAX] = "";
+    webpki = tlsio_ctx_new_webpki(err, sizeof(err), ca_pem);
+    const char *why = NULL;
+    CHECK(tlsio_peer_webpki(&p->back, webpki, &why));
+    tlsio_ctx_free(webpki);
+    settle(p);
+    CHECK_INT(cached(back, &options), 1); /* the resumed connection's own ticket */
+    pair_free(p);
+    pair_free(first);
+
+    /* A session is offered only where everything it depends on is the same: another
+     * address, name, or attempt of the ladder starts afresh (and keeps its own). */
+    struct tlsio_back_options other[] = {
+        {.name = HOST, .address = "192.0.2.26:25"},
+        {.name = "b.example.net", .address = "192.0.2.25:25", .verify_soft = true},
+        {.name = HOST, .address = "192.0.2.25:25", .no_client_cert = true},
+        {.name = HOST, .address = "192.0.2.25:25", .max_tls12 = true},
+        {.name = HOST, .address = "192.0.2.25:25", .verify_soft = true},
+    };
+    for (size_t i = 0; i < sizeof(other) / sizeof(other[0]); i++) {
+        CHECK(!resumed(front, back, &other[i]));
+    }
+    CHECK_INT(cached(back, &options), 1);
+    CHECK(resumed(front, back, &options));
+
+    /* TLS 1.2: the session may be used again; it stays. */
+    CHECK(resumed(front, back, &other[3]));
+    CHECK_INT(cached(back, &other[3]), 1);
+    CHECK(resumed(front, back, &other[3]));
+
+    /* verify_soft with a certificate that fails: nothing kept (a resumed session is not
+     * verified again), and what was kept from before is dropped. */
+    CHECK_INT(cached(back, &other[1]), 0);
+    CHECK(!resumed(front, back, &other[1]));
+    CHECK_INT(cached(back, &other[1]), 0);
+
+    /* A failed handshake drops the sessions of its key. */
+    CHECK_INT(cached(back, &options), 1);
+    CHECK(resumed(front, back, &options)); /* leaves one again */
+    struct pair *bad = pair_new(front, back, &options);
+    CHECK_INT(tlsio_handshake(&bad->back), TLSIO_WANT_READ);
+    static const char junk[] = "220 not TLS at all\r\n";
+    size_t n = 0;
+    CHECK_INT(tlsio_feed(&bad->back, &n, junk, sizeof(junk) - 1), 0);
+    CHECK_INT(tlsio_handshake(&bad->back), TLSIO_FAILED);
+    pair_free(bad);
+    CHECK_INT(cached(back, &options), 0);
+    CHECK(!resumed(front, back, &options));
+
+    /* A reload's new back context starts with an empty cache. */
+    struct tlsio_ctx *back2 = back_ctx_verify(ca_pem);
+    CHECK(!resumed(front, back2, &options));
+    tlsio_ctx_free(back2);
+    tlsio_ctx_free(back);
+    tlsio_ctx_free(front);
+}
+
+static void test_resume_front(void)
+{
+    struct tlsio_ctx *front = front_ctx_ec();
+    struct tlsio_ctx *back = back_ctx(NULL);
+    struct tlsio_back_options options = {.address = "192.0.2.25:25"};
+    CHECK(!resumed(front, back, &options));
+    CHECK(resumed(front, back, &options));
+
+    /* The keys are the process's: another front context (a reload, another worker's
+     * reference) takes the tickets of the first. */
+    struct tlsio_ctx *front2 = front_ctx_ec();
+    CHECK(resumed(front2, back, &options));
+
+    /* Rotation: a ticket of the previous key still resumes (and is renewed); one of the
+     * key before that does not. */
+    CHECK(tlsio_resume_rotate());
+    CHECK(resumed(front, back, &options));
+    CHECK(tlsio_resume_rotate());
+    CHECK(tlsio_resume_rotate());
+    CHECK(!resumed(front, back, &options));
+    CHECK(resumed(front, back, &options));
+
+    /* TLS 1.2 tickets too. */
+    struct tlsio_back_options tls12 = {.address = "192.0.2.25:25", .max_tls12 = true};
+    CHECK(!resumed(front, back, &tls12));
+    CHECK(resumed(front2, back, &tls12));
+    tlsio_ctx_free(front2);
+    tlsio_ctx_free(front);
+    tlsio_ctx_free(back);
+}
+
 /* ctx_error expects building a context from |conf| to fail; returns the message. */
 static const char *ctx_error(struct conf *conf, bool front)
 {
@@ -1005,6 +1275,9 @@ int main(void)
     test_sni();
     test_ctx_lifetime();
     test_ctx_errors();
+    test_lent_buffers();
+    test_resume_back();
+    test_resume_front();
     remove_files();
     return check_exit("test_tlsio");
 }
