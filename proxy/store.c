@@ -12,12 +12,14 @@
 #include "store.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -327,13 +329,112 @@ static void store_flush_pending(struct store *st)
  * hiredis drives its socket through five hooks. Debian 12's hiredis (0.14) ships a libuv
  * adapter that drops poll errors (a refused connect is then never reported, and the
  * attempt hangs until its timeout), so the hooks are here: a uv_poll_t that passes every
- * event, errors included, to hiredis, which reads the socket error itself. */
+ * event, errors included, to hiredis, which reads the socket error itself.
+ *
+ * Reading is ours too. hiredis 0.14's redisProcessCallbacks() assert()s when a reply
+ * comes that no command waits for (one more reply than commands sent), unless the
+ * context is subscribed or monitoring, which ours never is: one byte string from Redis,
+ * or from anyone on the plain-TCP path to it, would abort the whole process. So
+ * store_poll_read() reads the socket itself and first parses the bytes with a reader of
+ * its own (|check|, fed the same stream, so it holds the same partial reply): each
+ * complete reply is matched with the next callback hiredis holds (ac->replies, in send
+ * order, as Redis answers). Only when every reply has one are the bytes given to
+ * hiredis's reader and redisProcessCallbacks() run, which then cannot meet a reply
+ * without a callback. A reply too many, like a protocol error or a read error, drops
+ * the connection the usual way (store_drop: logged, reconnected after the backoff). */
 
 struct store_poll {
     uv_poll_t handle;
     redisAsyncContext *ac; /* NULL once hiredis let go of the socket */
+    redisReader *check;    /* parses what hiredis will, to count the replies first */
     int events;
 };
+
+/* Exported by libhiredis (async.c), but declared in none of its headers (0.14 to 1.x):
+ * redisAsyncHandleRead() is redisBufferRead() and then this. */
+void redisProcessCallbacks(redisAsyncContext *ac);
+
+static void store_drop(struct store *st, const char *reason);
+
+/* store_poll_count_replies parses |data| with |p|'s own reader and checks that each
+ * complete reply has a callback waiting; false with |reason| set when not. */
+static bool store_poll_count_replies(struct store_poll *p, char *reason, size_t reason_size,
+                                     const char *data, size_t data_len)
+{
+    redisReader *r = p->check;
+    if (redisReaderFeed(r, data, data_len) != REDIS_OK) {
+        snprintf(reason, reason_size, "%s", r->errstr);
+        return false;
+    }
+    const redisCallback *cb = p->ac->replies.head;
+    for (;;) {
+        void *reply = NULL;
+        if (redisReaderGetReply(r, &reply) != REDIS_OK) {
+            snprintf(reason, reason_size, "%s", r->errstr);
+            return false;
+        }
+        if (reply == NULL) {
+            return true; /* no more complete replies */
+        }
+        if (cb == NULL) {
+            const redisReply *rr = reply;
+            if (rr->type == REDIS_REPLY_ERROR) {
+                /* What Redis sends before it closes (max clients reached, loading). */
+                snprintf(reason, reason_size, "%.*s", (int)rr->len, rr->str);
+            } else {
+                snprintf(reason, reason_size, "protocol error: a reply to no command");
+            }
+            freeReplyObject(reply);
+            return false;
+        }
+        freeReplyObject(reply);
+        cb = cb->next;
+    }
+}
+
+/* store_poll_drop ends |p|'s connection as store.c ends any that failed. */
+static void store_poll_drop(struct store_poll *p, const char *reason)
+{
+    struct store *st = p->ac->data;
+    if (st->ac == p->ac) {
+        store_drop(st, reason);
+    } else {
+        redisAsyncFree(p->ac); /* not expected: |st| let go of it already */
+    }
+}
+
+static void store_poll_read(struct store_poll *p)
+{
+    redisAsyncContext *ac = p->ac;
+    if (!(ac->c.flags & REDIS_CONNECTED)) {
+        redisAsyncHandleWrite(ac); /* completes the connect, or reports its failure */
+        if (p->ac == NULL || !(ac->c.flags & REDIS_CONNECTED)) {
+            return;
+        }
+    }
+    char data[16384];
+    ssize_t n = read(ac->c.fd, data, sizeof(data));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        return;
+    }
+    char reason[160];
+    if (n <= 0) {
+        snprintf(reason, sizeof(reason), "%s",
+                 n == 0 ? "Server closed the connection" : strerror(errno));
+        store_poll_drop(p, reason);
+        return;
+    }
+    if (!store_poll_count_replies(p, reason, sizeof(reason), data, (size_t)n)) {
+        store_poll_drop(p, reason);
+        return;
+    }
+    if (redisReaderFeed(ac->c.reader, data, (size_t)n) != REDIS_OK) {
+        snprintf(reason, sizeof(reason), "%s", ac->c.reader->errstr);
+        store_poll_drop(p, reason);
+        return;
+    }
+    redisProcessCallbacks(ac); /* may free |ac| */
+}
 
 static void store_on_poll(uv_poll_t *handle, int status, int events)
 {
@@ -344,7 +445,7 @@ static void store_on_poll(uv_poll_t *handle, int status, int events)
         redisAsyncHandleWrite(p->ac);
     }
     if (p->ac != NULL && (ready & UV_READABLE)) {
-        redisAsyncHandleRead(p->ac);
+        store_poll_read(p);
     }
 }
 
@@ -384,7 +485,9 @@ static void store_del_write(void *privdata)
 
 static void store_on_poll_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    struct store_poll *p = handle->data;
+    redisReaderFree(p->check);
+    free(p);
 }
 
 static void store_cleanup(void *privdata)
@@ -400,7 +503,9 @@ static bool store_attach(redisAsyncContext *ac, uv_loop_t *loop, bool unref)
     if (p == NULL) {
         return false;
     }
-    if (uv_poll_init(loop, &p->handle, ac->c.fd) != 0) {
+    p->check = redisReaderCreate();
+    if (p->check == NULL || uv_poll_init(loop, &p->handle, ac->c.fd) != 0) {
+        redisReaderFree(p->check);
         free(p);
         return false;
     }
