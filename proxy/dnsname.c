@@ -5,7 +5,11 @@
  */
 #include "dnsname.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 static bool dnsname_ldh(unsigned char c)
 {
@@ -105,4 +109,131 @@ bool dnsname_overlap(const char *a, const char *b)
         return dnsname_covers(b, a);
     }
     return strcmp(a, b) == 0;
+}
+
+/* ---- the domain of a RCPT path ------------------------------------------------------------ */
+
+/* RFC 5321 atext, without the routing characters '%' (the percent hack) and '!' (bang
+ * paths); bytes 0x80 or more are UTF-8 mailbox names (RFC 6531), which nobody routes on. */
+static bool dnsname_path_atext(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c >= 0x80 || (c != '\0' && strchr("#$&'*+-/=?^_`{|}~", c) != NULL);
+}
+
+/* RFC 5321 qtextSMTP (space included), without '@', '%' and '!', which Postfix routes on
+ * inside quotes too; no quoted-pair ('\\' is not qtextSMTP). */
+static bool dnsname_path_qtext(unsigned char c)
+{
+    return c >= 32 && c <= 126 && c != '"' && c != '\\' && c != '@' && c != '%' && c != '!';
+}
+
+/* dnsname_path_local skips a plain local part at |p|: a quoted string, or atext and dots.
+ * Returns its length, or 0 when it is not one (an empty unquoted local part included). */
+static size_t dnsname_path_local(const char *p, size_t len)
+{
+    size_t i = 0;
+    if (len > 0 && p[0] == '"') {
+        for (i = 1; i < len && dnsname_path_qtext((unsigned char)p[i]); i++) {
+        }
+        return i < len && p[i] == '"' ? i + 1 : 0;
+    }
+    while (i < len && (p[i] == '.' || dnsname_path_atext((unsigned char)p[i]))) {
+        i++;
+    }
+    return i;
+}
+
+/* dnsname_path_literal: an IPv4 address literal, or "IPv6:" and an IPv6 address (RFC 5321
+ * section 4.1.3), between the brackets at |p|. */
+static bool dnsname_path_literal(const char *p, size_t len)
+{
+    char text[INET6_ADDRSTRLEN];
+    uint8_t addr[sizeof(struct in6_addr)];
+    if (len < 2 || p[0] != '[' || p[len - 1] != ']') {
+        return false;
+    }
+    p++;
+    len -= 2;
+    int family = AF_INET;
+    if (len > 5 && strncasecmp(p, "IPv6:", 5) == 0) {
+        family = AF_INET6;
+        p += 5;
+        len -= 5;
+    }
+    if (len == 0 || len >= sizeof(text) || memchr(p, '\0', len) != NULL) {
+        return false;
+    }
+    memcpy(text, p, len);
+    text[len] = '\0';
+    return inet_pton(family, text, addr) == 1;
+}
+
+/* dnsname_path_route skips a source route ("@a,@b:", RFC 5321 section 4.1.2 A-d-l) of host
+ * names at |p|. Returns its length with the ':', or 0 when it is not one. */
+static size_t dnsname_path_route(const char *p, size_t len)
+{
+    char name[DNSNAME_BUF];
+    size_t i = 0;
+    while (i < len && p[i] == '@') {
+        size_t start = ++i;
+        while (i < len && p[i] != ',' && p[i] != ':') {
+            i++;
+        }
+        if (i == len || dnsname_parse(name, NULL, p + start, i - start,
+                                      DNSNAME_ALLOW_TRAILING_DOT) != DNSNAME_HOST) {
+            return 0;
+        }
+        if (p[i++] == ':') {
+            return i;
+        }
+    }
+    return 0;
+}
+
+enum dnsname_path dnsname_path_domain(char *out, const char *path, size_t len)
+{
+    out[0] = '\0';
+    if (len < 2 || path[0] != '<' || path[len - 1] != '>') {
+        return DNSNAME_PATH_UNCLEAR;
+    }
+    const char *p = path + 1;
+    len -= 2;
+    if (len > 0 && p[0] == '@') {
+        size_t route = dnsname_path_route(p, len);
+        if (route == 0) {
+            return DNSNAME_PATH_UNCLEAR;
+        }
+        p += route;
+        len -= route;
+    }
+    size_t local = dnsname_path_local(p, len);
+    if (local == len) {
+        /* No '@' at all: a local part of the upstream itself ("<postmaster>"), unless a
+         * source route came first ("<@a:b>" would go to a, or be refused). */
+        return p == path + 1 ? DNSNAME_PATH_LOCAL : DNSNAME_PATH_UNCLEAR;
+    }
+    if (local == 0 || p[local] != '@') {
+        return DNSNAME_PATH_UNCLEAR;
+    }
+    const char *domain = p + local + 1;
+    size_t domain_len = len - local - 1;
+    if (domain_len > 0 && domain[0] == '[') {
+        return dnsname_path_literal(domain, domain_len) ? DNSNAME_PATH_LITERAL
+                                                        : DNSNAME_PATH_UNCLEAR;
+    }
+    if (dnsname_parse(out, NULL, domain, domain_len, DNSNAME_ALLOW_TRAILING_DOT) == DNSNAME_HOST) {
+        return DNSNAME_PATH_DOMAIN;
+    }
+    /* A U-label domain: a policy lives under its A-label, which we cannot compute. Only
+     * letters, digits, '-', '.' and such bytes: anything else hides the domain. */
+    bool non_ascii = false;
+    for (size_t i = 0; i < domain_len; i++) {
+        unsigned char c = (unsigned char)domain[i];
+        if (c < 0x80 && !dnsname_ldh(c) && c != '.') {
+            return DNSNAME_PATH_UNCLEAR;
+        }
+        non_ascii |= c >= 0x80;
+    }
+    return non_ascii ? DNSNAME_PATH_NON_ASCII : DNSNAME_PATH_UNCLEAR;
 }

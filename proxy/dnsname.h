@@ -1,6 +1,7 @@
 /*
  * dnsname: host names as MTA-STS and DANE compare them: syntax checks, normalisation
- * (lowercase, no trailing dot) and the RFC 6125 / RFC 8461 / RFC 7672 wildcard rules.
+ * (lowercase, no trailing dot) and the RFC 6125 / RFC 8461 / RFC 7672 wildcard rules; and
+ * the domain of a RCPT path, as the downgrade gate must read it.
  * Pure functions: no I/O, no allocation, no logging; safe from any thread.
  */
 #ifndef PROXY_DNSNAME_H
@@ -63,5 +64,31 @@ bool dnsname_covers(const char *pattern, const char *host);
  * disjoint sets: nothing is both one label under example.com and under mx.example.com).
  */
 bool dnsname_overlap(const char *a, const char *b);
+
+/* What dnsname_path_domain() found in a RCPT path. */
+enum dnsname_path {
+    DNSNAME_PATH_UNCLEAR = 0, /* which domain a lax server would route it to is not certain */
+    DNSNAME_PATH_DOMAIN,      /* local-part@host-name: the host name is written out */
+    DNSNAME_PATH_LOCAL,       /* a plain local part alone: "<postmaster>", "<>" */
+    DNSNAME_PATH_LITERAL,     /* a plain local part at an address literal: "<a@[192.0.2.1]>" */
+    DNSNAME_PATH_NON_ASCII,   /* a plain local part at a domain holding bytes 0x80 or more */
+};
+
+/*
+ * dnsname_path_domain reads the |len| bytes of an SMTP path, angle brackets included
+ * ("<a@b>", "<@r1,@r2:a@b>"), for the downgrade gate, which must judge the domain the
+ * upstream will route the recipient to. Postfix (and others like it) read far more than
+ * RFC 5321 allows, and route on what they read: the percent hack ("a%d@relay" goes to d),
+ * bang paths ("d!a@relay"), an '@' inside a quoted local part ("\"a@d\"@relay", "\"a@d\""),
+ * two '@' ("a@d@relay"), RFC 822 comments, spaces and quoted-pairs ("a@d (x@relay)",
+ * "a@d >", "a@d\\.x"). So only a plain mailbox is given a domain: an optional source route
+ * of host names, then a local part of atext and dots (RFC 5321 section 4.1.2, without '%'
+ * and '!'; bytes 0x80 or more allowed, RFC 6531) or a quoted string of qtextSMTP (space
+ * included) without '@', '%', '!' or '\\', then '@' and a host name (one trailing dot
+ * allowed), an IPv4 literal or an "IPv6:" literal. A plain local part without '@' is
+ * DNSNAME_PATH_LOCAL; anything else is DNSNAME_PATH_UNCLEAR. On DNSNAME_PATH_DOMAIN |out|
+ * (DNSNAME_BUF bytes) holds the normalised host name (dnsname_parse()), otherwise "".
+ */
+enum dnsname_path dnsname_path_domain(char *out, const char *path, size_t len);
 
 #endif

@@ -27,7 +27,10 @@
 #include "sts_cache.h"
 #include "sts_fetch.h"
 
-#define GATE_MX_MAX 8
+/* MX hosts examined per domain, the most preferred first: each costs two queries and about
+ * 600 bytes while the lookup lives. A domain with more, whose upstream is not among these,
+ * has an undetermined DANE status (gate_decide_dane()). */
+#define GATE_MX_MAX 32
 #define GATE_TXT_MAX 8 /* TXT records of _mta-sts looked at */
 
 struct gate_fetch;
@@ -37,6 +40,7 @@ struct gate {
     struct dns *dns;
     struct sts_cache *sts;
     struct gate_fetch *fetches; /* running, at most one per domain */
+    bool draining;              /* gate_unref(): a fetch lives while someone waits for it */
 };
 
 /* One MX host of the domain. */
@@ -66,8 +70,10 @@ struct gate_lookup {
     struct sts_cached *sts; /* the policy facts.sts points into, referenced */
     struct dns_query *mx_q;
     struct dns_query *txt_q;
-    struct gate_host hosts[GATE_MX_MAX];
+    struct gate_host *hosts; /* n_hosts of them, allocated for the MX answer */
     size_t n_hosts;
+    size_t n_mx; /* usable MX records: more than n_hosts when some were not examined */
+    bool relay;  /* forward mode: the upstream is a relay, not one of the domain's MX hosts */
     bool dane_failed;
     bool dane_bogus;
     char id[MTASTS_ID_MAX + 1];
@@ -167,12 +173,22 @@ static void gate_decide_dane(struct gate_lookup *q)
         }
         return;
     }
-    if (any_tlsa) {
+    /* Hosts left unexamined (more than GATE_MX_MAX) may include the upstream, with or
+     * without TLSA records: whether DANE applies to it is unknown, never "no DANE". Towards
+     * the domain's MX that refuses, like a failed lookup; towards a relay, which is no MX
+     * anyway, it requires the relay authenticated, as for a domain that uses DANE. */
+    bool unexamined = q->n_mx > q->n_hosts;
+    if (any_tlsa && (q->relay || !unexamined)) {
         f->dane = GATE_DANE_NOT_MX;
         gate_why(f->dane_why, sizeof(f->dane_why), "%zu MX host(s) checked", q->n_hosts);
     } else if (any_failed) {
         f->dane = GATE_DANE_FAILED;
         gate_why(f->dane_why, sizeof(f->dane_why), "an MX host's address or TLSA lookup failed");
+    } else if (unexamined) {
+        f->dane = q->relay ? GATE_DANE_NOT_MX : GATE_DANE_FAILED;
+        gate_why(f->dane_why, sizeof(f->dane_why),
+                 "%zu MX hosts, the upstream not among the %zu most preferred examined", q->n_mx,
+                 q->n_hosts);
     } else {
         f->dane = GATE_DANE_NONE;
     }
@@ -241,9 +257,6 @@ static void gate_on_tlsa(void *arg, const struct dns_answer *a)
 
 static void gate_ask_host(struct gate_lookup *q, const char *name, uint16_t preference)
 {
-    if (q->n_hosts == GATE_MX_MAX) {
-        return;
-    }
     struct gate_host *h = &q->hosts[q->n_hosts++];
     h->q = q;
     snprintf(h->name, sizeof(h->name), "%s", name);
@@ -258,6 +271,55 @@ static void gate_ask_host(struct gate_lookup *q, const char *name, uint16_t pref
     q->pending += (h->addr_q != NULL) + (h->tlsa_q != NULL);
 }
 
+/* gate_ask_hosts looks up the MX hosts of a secure answer: all of them, or the GATE_MX_MAX
+ * most preferred (those a sender tries first, RFC 5321 section 5.1; answer order among
+ * equals) when there are more. */
+static void gate_ask_hosts(struct gate_lookup *q, const struct dns_answer *a)
+{
+    size_t best[GATE_MX_MAX];
+    uint16_t best_pref[GATE_MX_MAX];
+    size_t n_best = 0;
+    uint16_t preference;
+    char name[DNS_NAME_MAX + 1];
+    for (size_t i = 0; i < a->n; i++) {
+        if (!dns_wire_mx(&preference, name, a->rdata[i], a->rdata_len[i]) || name[0] == '\0') {
+            continue; /* malformed, or a null MX (RFC 7505): no host to judge */
+        }
+        q->n_mx++;
+        if (n_best == GATE_MX_MAX && preference >= best_pref[n_best - 1]) {
+            continue;
+        }
+        size_t j = n_best < GATE_MX_MAX ? n_best++ : n_best - 1;
+        for (; j > 0 && best_pref[j - 1] > preference; j--) {
+            best[j] = best[j - 1];
+            best_pref[j] = best_pref[j - 1];
+        }
+        best[j] = i;
+        best_pref[j] = preference;
+    }
+    if (a->n == 0) {
+        q->n_mx = 1; /* no MX: the implicit MX, the domain (RFC 5321 section 5.1) */
+    }
+    if (q->n_mx == 0) {
+        return;
+    }
+    q->hosts = calloc(q->n_mx < GATE_MX_MAX ? q->n_mx : GATE_MX_MAX, sizeof(*q->hosts));
+    if (q->hosts == NULL) {
+        q->dane_failed = true;
+        gate_why(q->facts.dane_why, sizeof(q->facts.dane_why), "MX hosts: out of memory");
+        return;
+    }
+    if (a->n == 0) {
+        gate_ask_host(q, q->facts.domain, 0);
+        return;
+    }
+    for (size_t k = 0; k < n_best; k++) {
+        size_t i = best[k];
+        dns_wire_mx(&preference, name, a->rdata[i], a->rdata_len[i]);
+        gate_ask_host(q, name, preference);
+    }
+}
+
 static void gate_on_mx(void *arg, const struct dns_answer *a)
 {
     struct gate_lookup *q = arg;
@@ -266,17 +328,7 @@ static void gate_on_mx(void *arg, const struct dns_answer *a)
     if (a->security == DNS_FAILED || a->security == DNS_BOGUS) {
         gate_dane_failed(q, a, "MX");
     } else if (a->security == DNS_SECURE && !a->nxdomain) {
-        if (a->n == 0) {
-            gate_ask_host(q, q->facts.domain, 0); /* no MX: the implicit MX, the domain */
-        }
-        for (size_t i = 0; i < a->n; i++) {
-            uint16_t preference;
-            char name[DNS_NAME_MAX + 1];
-            if (!dns_wire_mx(&preference, name, a->rdata[i], a->rdata_len[i]) || name[0] == '\0') {
-                continue; /* malformed, or a null MX (RFC 7505): no host to judge */
-            }
-            gate_ask_host(q, name, preference);
-        }
+        gate_ask_hosts(q, a);
     }
     gate_maybe_finish(q);
 }
@@ -301,6 +353,9 @@ static void gate_fetch_policy(struct gate *g, struct gate_lookup *q, const char 
     struct gate_fetch *fe = g->fetches;
     while (fe != NULL && strcmp(fe->domain, domain) != 0) {
         fe = fe->next;
+    }
+    if (fe == NULL && q == NULL && g->draining) {
+        return; /* a refresh would only hold the exit up */
     }
     if (fe == NULL) {
         fe = calloc(1, sizeof(*fe));
@@ -335,6 +390,18 @@ static void gate_fetch_unlink(struct gate_fetch *fe)
         p = &(*p)->next;
     }
     *p = fe->next;
+}
+
+/* gate_fetch_cancel stops |fe| without a word to its waiters, if any, and frees it. */
+static void gate_fetch_cancel(struct gate_fetch *fe)
+{
+    gate_fetch_unlink(fe);
+    sts_fetch_cancel(fe->f);
+    while (fe->waiters != NULL) {
+        fe->waiters->waiting_on = NULL;
+        fe->waiters = fe->waiters->next_waiter;
+    }
+    free(fe);
 }
 
 static void gate_fetch_done(void *arg, const struct sts_fetch_result *r)
@@ -436,22 +503,27 @@ struct gate *gate_new(uv_loop_t *loop, const struct conf *conf, struct sts_cache
     return g;
 }
 
+/* gate_unref, at the start of a drain: the resolver no longer keeps the loop alive, nor do
+ * the policy fetches, which hold a timer, a socket and maybe a connect request. Those
+ * nobody waits for are stopped now, the others when their last waiter leaves. */
 void gate_unref(struct gate *g)
 {
+    g->draining = true;
     dns_unref(g->dns);
+    struct gate_fetch *fe = g->fetches;
+    while (fe != NULL) {
+        struct gate_fetch *next = fe->next;
+        if (fe->waiters == NULL) {
+            gate_fetch_cancel(fe);
+        }
+        fe = next;
+    }
 }
 
 void gate_close(struct gate *g)
 {
     while (g->fetches != NULL) {
-        struct gate_fetch *fe = g->fetches;
-        g->fetches = fe->next;
-        sts_fetch_cancel(fe->f);
-        while (fe->waiters != NULL) {
-            fe->waiters->waiting_on = NULL;
-            fe->waiters = fe->waiters->next_waiter;
-        }
-        free(fe);
+        gate_fetch_cancel(g->fetches);
     }
     dns_close(g->dns);
 }
@@ -478,6 +550,7 @@ struct gate_lookup *gate_lookup(struct gate *g, const struct conf *conf, struct 
     q->webpki = webpki;
     q->fetch_timeout_ms = conf->recipients.fetch_timeout_ms;
     q->max_policy_size = conf->recipients.max_policy_size;
+    q->relay = conf->mode == CONF_MODE_FORWARD;
     addr_set(&q->upstream, upstream);
     snprintf(q->facts.domain, sizeof(q->facts.domain), "%s", domain);
     if (conf->recipients.dane) {
@@ -529,12 +602,16 @@ void gate_lookup_free(struct gate_lookup *q)
             free(h->tlsa_rdata[j]);
         }
     }
+    free(q->hosts);
     if (q->waiting_on != NULL) {
         struct gate_lookup **p = &q->waiting_on->waiters;
         while (*p != q) {
             p = &(*p)->next_waiter;
         }
         *p = q->next_waiter;
+        if (q->g->draining && q->waiting_on->waiters == NULL) {
+            gate_fetch_cancel(q->waiting_on);
+        }
     }
     sts_cached_unref(q->sts);
     free(q);

@@ -449,8 +449,8 @@ static enum session_wait session_wait_for(const struct session *s)
     case SESSION_RELAY:
         break;
     }
-    if (session_gate_waiting(s)) {
-        return SESSION_WAIT_GATE;
+    if (session_gate_waiting(s) && !session_gate_facts_in(s)) {
+        return SESSION_WAIT_GATE; /* once they are in, the RCPT waits for leg 2 below */
     }
     switch (s->back_state) {
     case SESSION_BACK_IDLE:
@@ -616,6 +616,7 @@ static void session_run(struct session *s)
             progress |= session_front_handshake(s);
         }
         progress |= session_back_process(s);
+        progress |= session_gate_facts_ready(s);
         progress |= session_front_process(s);
         bool back_moved = session_flush(s, &s->back);
         if (back_moved && session_front_in_content(s)) {
@@ -708,8 +709,7 @@ void session_on_gate_facts(void *arg, struct gate_lookup *q)
 {
     struct session *s = arg;
     (void)q;
-    session_gate_facts_ready(s);
-    session_run(s);
+    session_run(s); /* decides the held RCPT when leg 2 can take it */
 }
 
 void session_on_upstream_known(void *arg, enum store_answer answer, const char *value)

@@ -167,35 +167,26 @@ static enum session_local_reply session_gate_reply(const struct gate_verdict *v)
                                                        : SESSION_LOCAL_GATE_STS_CERT;
 }
 
-/* session_gate_domain_of finds the domain of a RCPT path ("<a@b>", "<@r:a@b>"): the text
- * after its last '@' (a quoted local part may hold one), normalised. Returns the kind:
- * DNSNAME_HOST, or DNSNAME_INVALID for no domain, an address literal, or a name that is
- * not a host name (out->[0] is 0x80 or more for a non-ASCII one). */
-static enum dnsname_kind session_gate_domain_of(char out[DNSNAME_BUF], bool *out_utf8,
+/* session_gate_domain_of finds the domain of a RCPT path the way the upstream would route
+ * it, or says it cannot (dnsname_path_domain()): a Postfix behind the proxy reads the
+ * percent hack, bang paths, an '@' in a quoted local part, comments and spaces, and would
+ * deliver to a domain other than the one the gate judged. */
+static enum dnsname_path session_gate_domain_of(char out[DNSNAME_BUF],
                                                 const struct smtp_command *cmd)
 {
-    const char *p = cmd->path;
-    size_t len = cmd->path_len;
-    *out_utf8 = false;
-    out[0] = '\0';
-    if (len < 2 || p[0] != '<' || p[len - 1] != '>') {
-        return DNSNAME_INVALID;
-    }
-    const char *at = NULL;
-    for (size_t i = 1; i + 1 < len; i++) {
-        if (p[i] == '@') {
-            at = p + i;
-        }
-    }
-    if (at == NULL || at == p + 1) {
-        return DNSNAME_INVALID; /* "<postmaster>", or a source route only */
-    }
-    const char *domain = at + 1;
-    size_t domain_len = (size_t)(p + len - 1 - domain);
-    for (size_t i = 0; i < domain_len; i++) {
-        *out_utf8 |= (unsigned char)domain[i] >= 0x80;
-    }
-    return dnsname_parse(out, NULL, domain, domain_len, DNSNAME_ALLOW_TRAILING_DOT);
+    return dnsname_path_domain(out, cmd->path, cmd->path_len);
+}
+
+/* session_gate_refuse_address refuses a RCPT whose domain the gate cannot tell: failing
+ * closed, as nothing says its mail may go over this leg. */
+static void session_gate_refuse_address(struct session *s, const struct smtp_command *cmd)
+{
+    char path[80];
+    log_warn(s->id, "gate-refused-address", "path=\"%s\" upstream=%s back_tls=%s",
+             log_escape(path, sizeof(path), cmd->path, cmd->path_len, 60), s->back_addr,
+             s->back.tls_active ? "yes" : "no");
+    s->rcpts_refused++;
+    session_front_reply(s, SESSION_LOCAL_GATE_ADDRESS);
 }
 
 static struct session_gate_domain *session_gate_find(struct session_gate *sg, const char *name)
@@ -390,19 +381,24 @@ void session_gate_rcpt(struct session *s, const struct smtp_command *cmd, const 
                        size_t len)
 {
     char domain[DNSNAME_BUF];
-    bool utf8;
     struct session_gate *sg = session_gate_state(s);
     if (sg == NULL) {
         session_abort(s, REASON_END_OUT_OF_MEMORY);
         return;
     }
-    if (session_gate_domain_of(domain, &utf8, cmd) != DNSNAME_HOST) {
-        if (utf8) {
-            /* Its policy lives under the A-label, which the proxy cannot compute. */
-            s->rcpts_refused++;
-            session_front_reply(s, SESSION_LOCAL_GATE_IDN);
-            return;
-        }
+    switch (session_gate_domain_of(domain, cmd)) {
+    case DNSNAME_PATH_DOMAIN:
+        break;
+    case DNSNAME_PATH_UNCLEAR:
+        session_gate_refuse_address(s, cmd);
+        return;
+    case DNSNAME_PATH_NON_ASCII:
+        /* Its policy lives under the A-label, which the proxy cannot compute. */
+        s->rcpts_refused++;
+        session_front_reply(s, SESSION_LOCAL_GATE_IDN);
+        return;
+    case DNSNAME_PATH_LOCAL:
+    case DNSNAME_PATH_LITERAL:
         if (s->requiretls) {
             s->rcpts_refused++;
             session_front_reply(s, SESSION_LOCAL_GATE_REQUIRETLS_PERM);
@@ -444,17 +440,28 @@ void session_gate_rcpt(struct session *s, const struct smtp_command *cmd, const 
     sg->waiting = d;
 }
 
-void session_gate_facts_ready(struct session *s)
+bool session_gate_facts_in(const struct session *s)
 {
-    struct session_gate *sg = s->gate;
-    if (sg == NULL || sg->waiting == NULL || !gate_lookup_done(sg->waiting->q)) {
-        return;
+    return session_gate_waiting(s) && gate_lookup_done(s->gate->waiting->q);
+}
+
+bool session_gate_facts_ready(struct session *s)
+{
+    /* Judged against the connection the RCPT will go to, and written only once it is
+     * negotiated: not while leg 2 is being replaced (a replay or a reopen after a break),
+     * when the gate would judge the old connection and the line would reach the new one
+     * before its greeting, identity and STARTTLS. */
+    if (!session_gate_facts_in(s) || s->state != SESSION_RELAY ||
+        s->back_state != SESSION_BACK_READY) {
+        return false;
     }
+    struct session_gate *sg = s->gate;
     struct session_gate_domain *d = sg->waiting;
     sg->waiting = NULL;
     s->steps++;
     session_gate_decide(s, d, buf_head(&sg->held), buf_len(&sg->held));
     buf_cleanup(&sg->held);
+    return true;
 }
 
 void session_gate_timeout(struct session *s)

@@ -120,6 +120,7 @@ enum session_local_reply {
     SESSION_LOCAL_GATE_DNS_FAILED,
     SESSION_LOCAL_GATE_TIMEOUT,
     SESSION_LOCAL_GATE_IDN,
+    SESSION_LOCAL_GATE_ADDRESS,
     SESSION_LOCAL_GATE_REQUIRETLS_TEMP,
     SESSION_LOCAL_GATE_REQUIRETLS_PERM,
     SESSION_LOCAL_REQUIRETLS_UNAVAILABLE,
@@ -375,7 +376,11 @@ bool session_gate_on(const struct session *s);
 bool session_gate_waiting(const struct session *s);
 void session_gate_rcpt(struct session *s, const struct smtp_command *cmd, const char *line,
                        size_t len);
-void session_gate_facts_ready(struct session *s);
+/* session_gate_facts_in: the held RCPT's lookups are done; it waits for leg 2 at most. */
+bool session_gate_facts_in(const struct session *s);
+/* session_gate_facts_ready decides the held RCPT once its facts are in and leg 2 is ready
+ * for commands; true when it did. */
+bool session_gate_facts_ready(struct session *s);
 void session_gate_timeout(struct session *s);
 bool session_gate_offers_requiretls(const struct session *s);
 bool session_gate_mail(struct session *s, const struct smtp_command *cmd);

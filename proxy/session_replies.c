@@ -65,6 +65,14 @@ const char *const session_local_replies[] = {
     [SESSION_LOCAL_GATE_IDN] =
         "450 4.7.5 The TLS policy of an internationalized domain name cannot be checked "
         "here; use its A-label (xn--) form\r\n",
+    /* A recipient whose domain, as the upstream would route it, the gate cannot tell
+     * (percent hack, bang path, an '@' in the local part, comments, spaces, escapes):
+     * permanent, since the same spelling is refused at every retry; 553 and 5.1.3 as for a
+     * mailbox name not allowed (RFC 5321 section 4.2.3, RFC 3463). */
+    [SESSION_LOCAL_GATE_ADDRESS] =
+        "553 5.1.3 Recipient address not accepted while recipient TLS policies apply: routing "
+        "characters (%, !, an @ in the local part), comments, spaces or escapes leave unclear "
+        "which domain it goes to\r\n",
     [SESSION_LOCAL_GATE_REQUIRETLS_TEMP] =
         "450 4.7.30 REQUIRETLS: the recipient's server is not authenticated over this "
         "connection; try again later\r\n",

@@ -45,7 +45,7 @@ struct sts_fetch {
     bool tcp_open;
     uv_connect_t connect_req;
     uv_timer_t timer;
-    unsigned n_handles; /* the timer, the TCP handle while open */
+    unsigned n_handles; /* the timer, the TCP handle until its close callback */
     struct tlsio tls;
     bool request_sent;
     struct http_client http;
@@ -87,11 +87,26 @@ static void sts_fetch_on_closed(uv_handle_t *handle)
     }
 }
 
+/* sts_fetch_on_tcp_closed: the TCP handle is free again. While still connecting, the
+ * attempt that failed is over and the next address may take the handle: not before, as
+ * libuv forbids initialising a handle whose close is still under way. Once finished,
+ * the fetch goes with its last handle. */
+static void sts_fetch_on_tcp_closed(uv_handle_t *handle)
+{
+    struct sts_fetch *f = handle->data;
+    if (f->state == STS_FETCH_CONNECTING) {
+        f->n_handles--; /* not the last: the timer stays open until the fetch finishes */
+        sts_fetch_connect_next(f);
+        return;
+    }
+    sts_fetch_on_closed(handle);
+}
+
 static void sts_fetch_close_tcp(struct sts_fetch *f)
 {
     if (f->tcp_open) {
         f->tcp_open = false;
-        uv_close((uv_handle_t *)&f->tcp, sts_fetch_on_closed);
+        uv_close((uv_handle_t *)&f->tcp, sts_fetch_on_tcp_closed);
     }
 }
 
@@ -296,8 +311,7 @@ static void sts_fetch_on_connect(uv_connect_t *req, int status)
     }
     if (status < 0) {
         snprintf(f->failure, sizeof(f->failure), "connect: %s", uv_strerror(status));
-        sts_fetch_close_tcp(f);
-        sts_fetch_connect_next(f);
+        sts_fetch_close_tcp(f); /* the next address once it is closed */
         return;
     }
     struct tlsio_back_options options = {.name = f->host};
@@ -322,16 +336,19 @@ static void sts_fetch_connect_next(struct sts_fetch *f)
     }
     struct sockaddr_storage *sa = &f->addrs[f->next_addr++];
     f->state = STS_FETCH_CONNECTING;
-    uv_tcp_init(f->loop, &f->tcp);
+    int rc = uv_tcp_init(f->loop, &f->tcp);
+    if (rc != 0) {
+        sts_fetch_fail(f, NULL, "cannot open a socket: %s", uv_strerror(rc));
+        return;
+    }
     f->tcp.data = f;
     f->tcp_open = true;
     f->n_handles++;
     f->connect_req.data = f;
-    int rc = uv_tcp_connect(&f->connect_req, &f->tcp, (struct sockaddr *)sa, sts_fetch_on_connect);
+    rc = uv_tcp_connect(&f->connect_req, &f->tcp, (struct sockaddr *)sa, sts_fetch_on_connect);
     if (rc != 0) {
         snprintf(f->failure, sizeof(f->failure), "connect: %s", uv_strerror(rc));
-        sts_fetch_close_tcp(f);
-        sts_fetch_connect_next(f);
+        sts_fetch_close_tcp(f); /* the next address once it is closed */
     }
 }
 

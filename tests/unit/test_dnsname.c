@@ -185,9 +185,113 @@ static void test_against_model(void)
     CHECK(!dnsname_overlap("", ""));
 }
 
+static void check_path(int line, const char *path, size_t len, enum dnsname_path want,
+                       const char *want_domain)
+{
+    char out[DNSNAME_BUF];
+    char *copy = malloc(len == 0 ? 1 : len);
+    CHECK(copy != NULL);
+    memcpy(copy, path, len);
+    enum dnsname_path k = dnsname_path_domain(out, copy, len);
+    free(copy);
+    if (k != want || strcmp(out, want_domain) != 0) {
+        fprintf(stderr, "line %d: %.*s: got %d \"%s\"\n", line, (int)len, path, (int)k, out);
+    }
+    CHECK_INT(k, want);
+    CHECK_STR(out, want_domain);
+}
+
+#define PATH(s, want, domain) check_path(__LINE__, s, sizeof(s) - 1, want, domain)
+
+/* The domain of a RCPT path: a plain mailbox gets one; whatever Postfix would route
+ * elsewhere than the gate reads (percent hack, bang path, '@' in quotes, two '@',
+ * comments, spaces, quoted-pairs) is unclear, so the gate refuses it. */
+static void test_path(void)
+{
+    const char *d = "sts-enforce.test";
+    PATH("<b@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<b@STS-Enforce.TEST.>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<b.c+tag@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<#$&'*+-/=?^_`{|}~.x@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<\xc3\xa9t\xc3\xa9@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d); /* RFC 6531 */
+    PATH("<@nopolicy.test:b@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<@a.nopolicy.test,@b.nopolicy.test.:b@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<\"john smith\"@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<\"b>x\"@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    PATH("<\"\"@sts-enforce.test>", DNSNAME_PATH_DOMAIN, d);
+    /* No domain: the upstream's own local parts, and address literals. */
+    PATH("<postmaster>", DNSNAME_PATH_LOCAL, "");
+    PATH("<Postmaster>", DNSNAME_PATH_LOCAL, "");
+    PATH("<\"postmaster\">", DNSNAME_PATH_LOCAL, "");
+    PATH("<>", DNSNAME_PATH_LOCAL, "");
+    PATH("<a@[192.0.2.1]>", DNSNAME_PATH_LITERAL, "");
+    PATH("<a@[IPv6:2001:db8::1]>", DNSNAME_PATH_LITERAL, "");
+    PATH("<a@[ipv6:::ffff:192.0.2.1]>", DNSNAME_PATH_LITERAL, "");
+    PATH("<@r.test:a@[192.0.2.1]>", DNSNAME_PATH_LITERAL, "");
+    PATH("<b@st\xc5\x9b-enforce.test>", DNSNAME_PATH_NON_ASCII, "");
+    /* Routing characters in the local part (Postfix: allow_percent_hack, swap_bangpath,
+     * an '@' in a quoted local part, "a@b@c" read as "a@b"@c). */
+    PATH("<b%sts-enforce.test@relay.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b%sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<sts-enforce.test!b@relay.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<sts-enforce.test!b>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b@sts-enforce.test\"@relay.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b@sts-enforce.test\">", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b%sts-enforce.test\"@relay.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b!x\"@relay.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b@nopolicy.test\"@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b>@nopolicy.test\"@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce.test@relay.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce.test.@relay.test>", DNSNAME_PATH_UNCLEAR, "");
+    /* Comments, whitespace, quoted-pairs, half-quoted local parts. */
+    PATH("<b@sts-enforce.test >", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce.test\t>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b @sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("< b@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce.test(comment)>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b(c)@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce.test (x@relay.test)>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce\\.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b\\@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b\\\"x\"@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b\tx\"@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b\"x@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<x\"b\"@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<\"b@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b:c@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b,c@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b<c@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b\0@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    /* Domains that are neither host names nor literals. */
+    PATH("<b@>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts_enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce..test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@[sts-enforce.test]>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@[192.0.2.1] >", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@[192.0.2.256]>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@[IPv6:192.0.2.1]>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@[192.0.2.1\0]>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@st\xc5\x9b-enforce.test (x@relay.test)>", DNSNAME_PATH_UNCLEAR, "");
+    /* Source routes: host names only, ended by ':', followed by a mailbox. */
+    PATH("<@a.test:b>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<@a.test,b@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<@a.test;b@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<@:b@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<@a.test,:b@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<@a%b.test:b@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<@a.test:b%c@sts-enforce.test>", DNSNAME_PATH_UNCLEAR, "");
+    /* Not a path at all. */
+    PATH("b@sts-enforce.test", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<b@sts-enforce.test", DNSNAME_PATH_UNCLEAR, "");
+    PATH("<", DNSNAME_PATH_UNCLEAR, "");
+    PATH("", DNSNAME_PATH_UNCLEAR, "");
+}
+
 int main(void)
 {
     test_parse();
     test_against_model();
+    test_path();
     return check_exit("test_dnsname");
 }
