@@ -33,10 +33,24 @@ def parse_addr(text):
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def tls_client_context():
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers the newest session it was given (asyncio's start_tls
+    has no session argument, so wrap_bio adds it): every handshake after the first resumes
+    when the server agrees."""
+
+    session = None
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None,
+                 session=None):
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname,
+                                session=session or self.session)
+
+
+def tls_client_context(resume=False):
     """TLS 1.3 only, no verification (the benchmark's peers use a throw-away self-signed
-    certificate): every contender negotiates the same protocol with the same client."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    certificate): every contender negotiates the same protocol with the same client. With
+    |resume|, a ResumingContext."""
+    ctx = (ResumingContext if resume else ssl.SSLContext)(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -408,6 +422,11 @@ async def load_session(addr, n_messages, body, tls_ctx, timeout, stats):
                 stats["cipher"] = "%s %s" % (obj.version(), obj.cipher()[0])
             writer.write(b"EHLO " + EHLO_NAME.encode() + b"\r\n")
             await _expect(reader, "250", "EHLO after TLS", timeout)
+            if isinstance(tls_ctx, ResumingContext):
+                obj = writer.get_extra_info("ssl_object")
+                stats["resumed"] = stats.get("resumed", 0) + (1 if obj.session_reused else 0)
+                if obj.session is not None and obj.session.has_ticket:
+                    tls_ctx.session = obj.session  # its ticket arrived with the EHLO reply
         envelope = b"MAIL FROM:<a@bench.test>\r\nRCPT TO:<b@bench.test>\r\nDATA\r\n"
         for i in range(n_messages):
             writer.write(envelope)
@@ -431,12 +450,15 @@ async def load_session(addr, n_messages, body, tls_ctx, timeout, stats):
 
 
 async def load(addr, sessions, parallel, per_session, size, starttls, timeout, max_seconds,
-               max_errors=20):
+               max_errors=20, resume=False):
     """Run `sessions` sessions, `parallel` at a time; returns the counts, the first errors
-    and the wall time."""
+    and the wall time. With |resume| (and starttls), handshakes resume an earlier session:
+    "resumed" counts those that did."""
     body = make_body(size)
-    tls_ctx = tls_client_context() if starttls else None
+    tls_ctx = tls_client_context(resume) if starttls else None
     stats = {"messages": 0, "octets": 0, "sessions": 0, "errors": 0, "error_samples": []}
+    if resume:
+        stats["resumed"] = 0
     left = [sessions]
     stop_at = time.monotonic() + max_seconds
 
@@ -481,6 +503,8 @@ def main():
     lo.add_argument("--per-session", type=int, default=10, help="messages per session (10)")
     lo.add_argument("--size", type=int, default=4096, help="message size, octets (4096)")
     lo.add_argument("--starttls", action="store_true", help="STARTTLS (TLS 1.3) after EHLO")
+    lo.add_argument("--resume", action="store_true",
+                    help="with --starttls: resume the newest TLS session (tickets)")
     lo.add_argument("--timeout", type=float, default=30.0, help="per reply, seconds (30)")
     lo.add_argument("--max-seconds", type=float, default=600.0,
                     help="start no new session after this long (600)")
@@ -488,7 +512,8 @@ def main():
     addr = parse_addr(args.addr)
     if args.cmd == "load":
         res = asyncio.run(load(addr, args.sessions, args.parallel, args.per_session, args.size,
-                               args.starttls, args.timeout, args.max_seconds))
+                               args.starttls, args.timeout, args.max_seconds,
+                               resume=args.resume))
         print(json.dumps(res), flush=True)
         return 0 if res["errors"] == 0 and not res["timed_out"] else 1
     if args.cmd == "hold":
