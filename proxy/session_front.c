@@ -571,7 +571,13 @@ static size_t session_front_data(struct session *s, const char *data, size_t len
             total += used;
             continue;
         case SMTP_DATA_END:
-            session_send_body(s, data + total, used);
+            if (total + used < len) {
+                /* The client pipelined more (QUIT, the next MAIL): queued, the end of the
+                 * message leaves with it in one write; the copy is at most a read. */
+                session_send_back(s, data + total, used);
+            } else {
+                session_send_body(s, data + total, used);
+            }
             s->front_mode = SESSION_FRONT_COMMAND;
             session_push(s, SESSION_PENDING_DATA_END, 0);
             return total + used;
