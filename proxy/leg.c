@@ -162,7 +162,12 @@ void leg_alloc(struct leg *l, uv_buf_t *out)
 bool leg_received(struct leg *l, ssize_t nread)
 {
     if (nread == 0) {
-        return false; /* EAGAIN, not the end of the stream */
+        /* EAGAIN, not the end of the stream: the peer paused, so TLS holds no buffer for
+         * it once it has read what came (a full read had asked to keep it). */
+        if (l->tls_started) {
+            tlsio_recv_idle(&l->tls);
+        }
+        return false;
     }
     if (nread > 0) {
         if (l->tls_started) {
@@ -242,7 +247,10 @@ enum leg_tls leg_tls_pull(struct leg *l, bool *out_moved)
             *out_moved = true;
         }
         if (r == TLSIO_CLOSED) {
+            /* Nothing after close_notify counts: what came with it is dropped, or it would
+             * look like input still to process and hide the end of the stream. */
             l->eof = true;
+            tlsio_recv_discard(&l->tls);
             return LEG_TLS_CLOSED;
         }
         if (r == TLSIO_FAILED) {

@@ -219,6 +219,14 @@ void tlsio_recv_discard(struct tlsio *t)
     t->rx_keep = false;
 }
 
+void tlsio_recv_idle(struct tlsio *t)
+{
+    t->rx_keep = false;
+    if (t->rx_start == t->rx_end) {
+        tlsio_recv_discard(t);
+    }
+}
+
 size_t tlsio_read_bound(const struct tlsio *t)
 {
     size_t bound = t->rx_end - t->rx_start;

@@ -170,6 +170,10 @@ size_t tlsio_recv_pending(const struct tlsio *t);
 /* tlsio_recv_discard drops them, and releases the memory. */
 void tlsio_recv_discard(struct tlsio *t);
 
+/* tlsio_recv_idle says that the peer paused (a receive found nothing): the memory is
+ * released now if TLS has read everything, else once it has. */
+void tlsio_recv_idle(struct tlsio *t);
+
 /*
  * tlsio_read_bound returns an upper bound of the plaintext that what |t| has received can
  * yield now: the unread ciphertext, and a record's worth if TLS holds a part of one or

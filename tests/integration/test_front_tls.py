@@ -14,6 +14,7 @@ certificate reload on SIGHUP. Learning failing clients: test_front_tls_learning.
 import os
 import re
 import signal
+import socket
 import smtplib
 import ssl
 import subprocess
@@ -1521,3 +1522,67 @@ def test_starttls_with_bare_lf_and_injection(make_fake_upstream, make_proxy, fro
     assert c.cmd("QUIT").code == 221
     conn = up.wait_closed()
     assert b"RSET" not in bytes(conn.raw), bytes(conn.raw)
+
+
+def _tls_client_closes(port, trailing):
+    """STARTTLS through a memory BIO (so the test chooses every byte on the wire), NOOP,
+    then close_notify with |trailing| bytes after it in the same segment, then FIN."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = raw.makefile("rb")
+
+    def reply():
+        while True:
+            line = f.readline()
+            assert line, "closed"
+            if line[3:4] != b"-":
+                return line
+
+    assert reply().startswith(b"220")
+    raw.sendall(b"EHLO client.test\r\n")
+    assert reply().startswith(b"250")
+    raw.sendall(b"STARTTLS\r\n")
+    assert reply().startswith(b"220")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="proxy.test")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(out.read())
+            inc.write(raw.recv(65536))
+    tls.write(b"NOOP\r\n")
+    raw.sendall(out.read())
+    got = b""
+    while b"\r\n" not in got:
+        try:
+            got += tls.read(4096)
+        except ssl.SSLWantReadError:
+            inc.write(raw.recv(65536))
+    assert got.startswith(b"250"), got
+    try:
+        tls.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    raw.sendall(out.read() + trailing)
+    raw.shutdown(socket.SHUT_WR)
+    return raw
+
+
+@pytest.mark.parametrize("trailing", [b"", b"\x17\x03\x03\x00\x05hello", b"QUIT\r\n"],
+                         ids=["nothing", "a-record", "cleartext"])
+def test_close_notify_ends_the_session_whatever_follows(aio_upstream, make_proxy, trailing):
+    """A client's close_notify ends its session at once (client-closed), also when bytes
+    follow it in the same segment: nothing after close_notify counts, and it must not look
+    like input still to process (which kept the session open until the command timeout)."""
+    proxy = offer_proxy(make_proxy, aio_upstream.addr, extra={"timeouts": {"command": "30s"}})
+    raw = _tls_client_closes(proxy.port, trailing)
+    try:
+        line = proxy.wait_session_line(timeout=5)
+        assert line["end"] == "client-closed", line
+        assert int(line["duration_ms"]) < 5000, line
+    finally:
+        raw.close()

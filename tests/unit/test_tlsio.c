@@ -1009,6 +1009,48 @@ static void test_lent_buffers(void)
     CHECK(front.rx == NULL); /* white box: the receive buffer is gone */
     CHECK_INT(buf_len(&front_out), 0);
 
+    /* A stream whose last receive filled its room keeps the room for the next receive,
+     * even once read; the receive that finds nothing (the peer paused) releases it. */
+    CHECK_INT(tlsio_write(&back, &n, big, 64 << 10), TLSIO_OK);
+    size_t sent = 0;
+    while (buf_len(&back_out) > 0) {
+        void *r_room = NULL;
+        size_t r_len = 0;
+        CHECK_INT(tlsio_recv_room(&front, &r_room, &r_len, 1024, 4 << 20), 0);
+        size_t take = buf_len(&back_out) < r_len ? buf_len(&back_out) : r_len;
+        memcpy(r_room, buf_head(&back_out), take);
+        tlsio_recv_commit(&front, take);
+        buf_consume(&back_out, take);
+        if (take < r_len) {
+            break; /* the last piece did not fill its room: not kept */
+        }
+        size_t got_n = 0;
+        while (tlsio_read(&front, &got_n, got + sent, big_len - sent) == TLSIO_OK) {
+            sent += got_n;
+        }
+    }
+    size_t got_n = 0;
+    while (tlsio_read(&front, &got_n, got + sent, big_len - sent) == TLSIO_OK) {
+        sent += got_n;
+    }
+    CHECK_MEM(got, sent, big, (size_t)64 << 10);
+    CHECK(front.rx == NULL); /* a partial last receive: released once read */
+    /* Now the same with a last receive that fills its room exactly. */
+    CHECK_INT(tlsio_write(&back, &n, "NOOP\r\n", 6), TLSIO_OK);
+    void *f_room = NULL;
+    size_t f_len = 0;
+    CHECK_INT(tlsio_recv_room(&front, &f_room, &f_len, buf_len(&back_out), 4 << 20), 0);
+    CHECK_INT(f_len, buf_len(&back_out));
+    memcpy(f_room, buf_head(&back_out), f_len);
+    tlsio_recv_commit(&front, f_len);
+    buf_cleanup(&back_out);
+    CHECK_INT(tlsio_read(&front, &got_n, got, big_len), TLSIO_OK);
+    CHECK_MEM(got, got_n, "NOOP\r\n", 6);
+    CHECK_INT(tlsio_read(&front, &got_n, got, big_len), TLSIO_WANT_READ);
+    CHECK(front.rx != NULL); /* kept: the peer seemed to stream */
+    tlsio_recv_idle(&front);
+    CHECK(front.rx == NULL);
+
     /* A full receive room is kept for the next receive; a partial one is released. */
     void *room = NULL;
     size_t room_len = 0;
