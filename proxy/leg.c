@@ -74,8 +74,7 @@ int leg_send(struct leg *l, const void *data, size_t len)
     return leg_queue(l, data, len);
 }
 
-/* leg_encrypt turns the queued plaintext into records at the end of the queue. */
-static int leg_encrypt(struct leg *l)
+int leg_seal(struct leg *l)
 {
     size_t len = buf_len(&l->tls_plain);
     if (len == 0) {
@@ -99,7 +98,7 @@ int leg_flush(struct leg *l, uv_write_cb cb, bool *out_moved)
         return 0;
     }
     if (l->tls_active) {
-        int rc = leg_encrypt(l);
+        int rc = leg_seal(l);
         if (rc != 0) {
             return rc;
         }

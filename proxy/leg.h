@@ -79,6 +79,10 @@ int leg_queue(struct leg *l, const void *data, size_t len);
  */
 int leg_send(struct leg *l, const void *data, size_t len);
 
+/* leg_seal turns the plaintext queued on a TLS leg into records at the end of the queue, as
+ * much as the queue takes (leg_flush does it too). Returns 0 or UV_EPROTO. */
+int leg_seal(struct leg *l);
+
 /*
  * leg_flush encrypts what is waiting and writes the queue: with uv_try_write first, the
  * rest with one uv_write whose callback is |cb| (its req->data is |l|). Sets *out_moved

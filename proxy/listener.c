@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -35,6 +36,11 @@ int listener_bind(const struct conf_addr *addr, bool transparent)
     }
     /* "0.0.0.0:25, [::]:25" must be two sockets, not a conflict. */
     if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) == -1) {
+        goto fail;
+    }
+    /* Accepted connections inherit TCP_NODELAY from the listening socket (Linux copies
+     * the listener's TCP options into each), so no session needs a setsockopt() for it. */
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) == -1) {
         goto fail;
     }
     /* TPROXY delivers connections for addresses that are not ours. */

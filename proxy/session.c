@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <netinet/in.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netfilter_ipv6/ip6_tables.h>
@@ -342,11 +343,23 @@ static bool session_flush(struct session *s, struct leg *leg)
     return moved;
 }
 
-static void session_on_front_shutdown(uv_shutdown_t *req, int status)
+/* session_close_notify queues our close_notify behind the last reply, so that both leave
+ * in one write: a TLS client learns from it that it got everything (RFC 8446 6.1). */
+static void session_close_notify(struct session *s)
 {
-    struct session *s = req->data;
-    (void)status;
-    session_unref(s);
+    struct leg *f = &s->front;
+    if (!f->open || !f->tls_active || s->close_notified) {
+        return;
+    }
+    if (leg_seal(f) != 0) {
+        session_abort(s, REASON_END_CLIENT_TLS_ERROR);
+        return;
+    }
+    if (buf_len(&f->tls_plain) > 0) {
+        return; /* the reply did not all fit yet: again once the queue drained */
+    }
+    s->close_notified = true;
+    tlsio_shutdown(&f->tls);
 }
 
 /* In SESSION_CLOSING: once our last reply is out, half-close and drain the client's
@@ -357,26 +370,18 @@ static void session_closing_progress(struct session *s)
     if (!f->open || f->writing || leg_unsent(f) > 0 || s->lingering) {
         return;
     }
-    /* A TLS client learns from close_notify that it got everything (RFC 8446 6.1). */
-    if (f->tls_active && !s->close_notified) {
-        s->close_notified = true;
-        tlsio_shutdown(&f->tls);
-        (void)session_flush(s, f);
-        if (!f->open || f->writing || leg_unsent(f) > 0) {
-            return; /* again from the write callback */
-        }
-    }
     if (f->eof) {
         session_abort(s, s->end_reason);
         return;
     }
-    s->lingering = true;
-    s->shutdown_req.data = s;
-    if (uv_shutdown(&s->shutdown_req, (uv_stream_t *)&f->tcp, session_on_front_shutdown) != 0) {
+    /* Nothing is queued or in flight: shutdown() itself, as uv_shutdown() would only add an
+     * epoll_ctl() round for the write it waits for. */
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&f->tcp, &fd) != 0 || shutdown(fd, SHUT_WR) != 0) {
         session_abort(s, s->end_reason);
         return;
     }
-    s->n_handles++;
+    s->lingering = true;
 }
 
 /* ---- reading and back-pressure ----------------------------------------------------------- */
@@ -424,7 +429,10 @@ static void session_update_reading(struct session *s)
     }
     if (s->state == SESSION_OPENING || s->state == SESSION_RELAY ||
         s->state == SESSION_FRONT_HANDSHAKE) {
-        back_want = session_back_wants_input(s) && leg_wants_read(&s->back) &&
+        /* Asked for while connecting too: libuv then turns the connect's registration into
+         * the read's (one epoll_ctl) instead of dropping it and adding it again. */
+        bool connecting = s->back_state == SESSION_BACK_CONNECTING;
+        back_want = (connecting || session_back_wants_input(s)) && leg_wants_read(&s->back) &&
                     front_unsent < LEG_HIGH_WATER;
     }
     leg_set_reading(&s->front, front_want, session_on_alloc, session_on_front_read);
@@ -623,12 +631,16 @@ static void session_run(struct session *s)
             s->steps++; /* the upstream takes content: the data block goes on */
         }
         progress |= back_moved;
+        if (s->state == SESSION_CLOSING) {
+            break; /* the last reply leaves below, with a close_notify if TLS */
+        }
         progress |= session_flush(s, &s->front);
         if (!progress) {
             break;
         }
     }
     if (s->state == SESSION_CLOSING) {
+        session_close_notify(s);
         (void)session_flush(s, &s->front);
         session_closing_progress(s);
     }
@@ -853,7 +865,7 @@ int session_accept(struct session_env *env, uv_stream_t *server)
         session_abort(s, REASON_END_CLIENT_ERROR);
         return 0;
     }
-    uv_tcp_nodelay(&s->front.tcp, 1);
+    /* TCP_NODELAY: inherited from the listening socket (listener_bind). */
     struct sockaddr_storage peer;
     int peer_len = sizeof(peer);
     if (uv_tcp_getpeername(&s->front.tcp, (struct sockaddr *)&peer, &peer_len) != 0) {

@@ -201,7 +201,6 @@ struct session {
     struct leg back;
     uv_timer_t timer;
     uv_connect_t connect_req;
-    uv_shutdown_t shutdown_req;
     uv_getaddrinfo_t *resolve_req; /* separately allocated: it may outlive a cancel */
     struct addrinfo *addrs;
     struct addrinfo *next_addr;
