@@ -14,7 +14,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,18 +93,6 @@ struct gate_fetch {
     struct gate_lookup *waiters;
 };
 
-/* gate_why writes a reason, cut short if it must be (names may be long). */
-static void gate_why(char *out, size_t size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void gate_why(char *out, size_t size, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(out, size, fmt, ap);
-    va_end(ap);
-}
-
 static uint64_t gate_now_ms(void)
 {
     return uv_hrtime() / 1000000;
@@ -133,9 +120,9 @@ static void gate_dane_failed(struct gate_lookup *q, const struct dns_answer *a, 
 {
     q->dane_failed = true;
     q->dane_bogus |= a->security == DNS_BOGUS;
-    gate_why(q->facts.dane_why, sizeof(q->facts.dane_why), "%s: %s%s%s", what,
-             dns_security_name(a->security), a->why != NULL ? ", " : "",
-             a->why != NULL ? a->why : "");
+    gate_format(q->facts.dane_why, sizeof(q->facts.dane_why), "%s: %s%s%s", what,
+                dns_security_name(a->security), a->why != NULL ? ", " : "",
+                a->why != NULL ? a->why : "");
 }
 
 /* gate_decide_dane turns the hosts' answers into facts (RFC 7672 section 2.2). */
@@ -180,15 +167,15 @@ static void gate_decide_dane(struct gate_lookup *q)
     bool unexamined = q->n_mx > q->n_hosts;
     if (any_tlsa && (q->relay || !unexamined)) {
         f->dane = GATE_DANE_NOT_MX;
-        gate_why(f->dane_why, sizeof(f->dane_why), "%zu MX host(s) checked", q->n_hosts);
+        gate_format(f->dane_why, sizeof(f->dane_why), "%zu MX host(s) checked", q->n_hosts);
     } else if (any_failed) {
         f->dane = GATE_DANE_FAILED;
-        gate_why(f->dane_why, sizeof(f->dane_why), "an MX host's address or TLSA lookup failed");
+        gate_format(f->dane_why, sizeof(f->dane_why), "an MX host's address or TLSA lookup failed");
     } else if (unexamined) {
         f->dane = q->relay ? GATE_DANE_NOT_MX : GATE_DANE_FAILED;
-        gate_why(f->dane_why, sizeof(f->dane_why),
-                 "%zu MX hosts, the upstream not among the %zu most preferred examined", q->n_mx,
-                 q->n_hosts);
+        gate_format(f->dane_why, sizeof(f->dane_why),
+                    "%zu MX hosts, the upstream not among the %zu most preferred examined", q->n_mx,
+                    q->n_hosts);
     } else {
         f->dane = GATE_DANE_NONE;
     }
@@ -236,9 +223,9 @@ static void gate_on_tlsa(void *arg, const struct dns_answer *a)
     if (a->security == DNS_FAILED || a->security == DNS_BOGUS) {
         h->tlsa_failed = true;
         h->tlsa_bogus = a->security == DNS_BOGUS;
-        gate_why(q->facts.dane_why, sizeof(q->facts.dane_why), "TLSA of %s: %s%s%s", h->name,
-                 dns_security_name(a->security), a->why != NULL ? ", " : "",
-                 a->why != NULL ? a->why : "");
+        gate_format(q->facts.dane_why, sizeof(q->facts.dane_why), "TLSA of %s: %s%s%s", h->name,
+                    dns_security_name(a->security), a->why != NULL ? ", " : "",
+                    a->why != NULL ? a->why : "");
     } else if (a->security == DNS_SECURE) {
         /* Insecure TLSA records do not count (RFC 7672 section 2.2). */
         for (size_t i = 0; i < a->n && h->n_tlsa < GATE_TLSA_MAX; i++) {
@@ -306,7 +293,7 @@ static void gate_ask_hosts(struct gate_lookup *q, const struct dns_answer *a)
     q->hosts = calloc(q->n_mx < GATE_MX_MAX ? q->n_mx : GATE_MX_MAX, sizeof(*q->hosts));
     if (q->hosts == NULL) {
         q->dane_failed = true;
-        gate_why(q->facts.dane_why, sizeof(q->facts.dane_why), "MX hosts: out of memory");
+        gate_format(q->facts.dane_why, sizeof(q->facts.dane_why), "MX hosts: out of memory");
         return;
     }
     if (a->n == 0) {
@@ -411,7 +398,7 @@ static void gate_fetch_done(void *arg, const struct sts_fetch_result *r)
     struct sts_cached *cached = NULL;
     const char *result_type = r->result_type;
     char why[GATE_WHY_MAX];
-    gate_why(why, sizeof(why), "%s", r->ok ? "" : r->why);
+    gate_format(why, sizeof(why), "%s", r->ok ? "" : r->why);
     if (r->ok) {
         struct mtasts_policy *policy = NULL;
         char error[MTASTS_ERROR_MAX];
@@ -421,7 +408,7 @@ static void gate_fetch_done(void *arg, const struct sts_fetch_result *r)
                      fe->id, mtasts_mode_name(policy->mode), policy->max_age, policy->n_mx);
         } else {
             result_type = "sts-policy-invalid";
-            gate_why(why, sizeof(why), "invalid policy: %s", error);
+            gate_format(why, sizeof(why), "invalid policy: %s", error);
         }
     }
     if (cached == NULL) {
@@ -440,7 +427,7 @@ static void gate_fetch_done(void *arg, const struct sts_fetch_result *r)
             q->facts.sts_fetch_failed = true;
             q->facts.sts_fetch_result =
                 result_type != NULL ? result_type : "sts-policy-fetch-error";
-            gate_why(q->facts.sts_why, sizeof(q->facts.sts_why), "%s", why);
+            gate_format(q->facts.sts_why, sizeof(q->facts.sts_why), "%s", why);
         }
         gate_maybe_finish(q);
     }
@@ -557,7 +544,7 @@ struct gate_lookup *gate_lookup(struct gate *g, const struct conf *conf, struct 
         q->mx_q = dns_resolve(g->dns, domain, DNS_TYPE_MX, gate_on_mx, q);
         if (q->mx_q == NULL) {
             q->dane_failed = true;
-            gate_why(q->facts.dane_why, sizeof(q->facts.dane_why), "MX: cannot ask");
+            gate_format(q->facts.dane_why, sizeof(q->facts.dane_why), "MX: cannot ask");
         }
         q->pending += q->mx_q != NULL;
     }

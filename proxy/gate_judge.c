@@ -22,11 +22,7 @@ const char *gate_policy_name(enum gate_policy policy)
     return "none";
 }
 
-/* gate_format writes a reason, cut short if it must be (names may be long). */
-static void gate_format(char *out, size_t size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void gate_format(char *out, size_t size, const char *fmt, ...)
+void gate_format(char *out, size_t size, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

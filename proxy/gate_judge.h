@@ -90,4 +90,9 @@ void gate_judge(struct gate_verdict *out, const struct gate_facts *facts,
 /* gate_policy_name: "none", "dane", "mta-sts", "requiretls". */
 const char *gate_policy_name(enum gate_policy policy);
 
+/* gate_format writes a reason into |out|, cut short if it must be (domain and host names
+ * may be long): snprintf without the truncation warnings. */
+void gate_format(char *out, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif
