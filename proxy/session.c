@@ -351,12 +351,10 @@ static void session_close_notify(struct session *s)
     if (!f->open || !f->tls_active || s->close_notified) {
         return;
     }
-    if (leg_seal(f) != 0) {
-        session_abort(s, REASON_END_CLIENT_TLS_ERROR);
+    if (leg_seal(f) != 0 || buf_len(&f->tls_plain) > 0) {
+        /* A failure is reported (and ends the session) by the flush that follows; a reply
+         * that did not all fit yet is sealed, and followed, once the queue drained. */
         return;
-    }
-    if (buf_len(&f->tls_plain) > 0) {
-        return; /* the reply did not all fit yet: again once the queue drained */
     }
     s->close_notified = true;
     tlsio_shutdown(&f->tls);

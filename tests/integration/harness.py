@@ -20,6 +20,7 @@ Everything waits for events with a deadline (poll); nothing sleeps to synchronis
 Run the suite with Debian's /usr/bin/python3 (it has python3-aiosmtpd and python3-pytest).
 """
 
+import ctypes
 import hashlib
 import json
 import os
@@ -833,6 +834,33 @@ class SClient:
 # A raw SMTP client
 # --------------------------------------------------------------------------------------
 
+def proxy_socket(pid, peer):
+    """A duplicate (pidfd_getfd, root only) of the proxy's socket connected to |peer|, or
+    None: the same kernel socket, so a test can read or set its options."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir("/proc/%d/fd" % pid):
+            try:
+                if not os.readlink("/proc/%d/fd/%s" % (pid, name)).startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = libc.syscall(438, pidfd, int(name), 0)  # SYS_pidfd_getfd (x86-64)
+            if fd < 0:
+                continue
+            s = socket.socket(fileno=fd)
+            try:
+                if s.type == socket.SOCK_STREAM and s.getpeername() == peer:
+                    return s
+            except OSError:
+                pass
+            s.close()
+    finally:
+        os.close(pidfd)
+    return None
+
+
 class Closed(Exception):
     """The peer closed the connection before a complete reply arrived."""
 
@@ -866,11 +894,15 @@ REPLY_LINE_RE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)(.*)$", re.S)
 class SmtpConn:
     """A raw SMTP client: exact bytes out, replies parsed strictly."""
 
-    def __init__(self, host, port, timeout=10.0, family=None, source=None):
+    def __init__(self, host, port, timeout=10.0, family=None, source=None, rcvbuf=None):
         if family is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        if rcvbuf is not None:
+            # Before connecting, so that the window the client offers is small too: the
+            # proxy's writes stall as soon as the client stops reading.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if source is not None:
             # A client address of our choice, e.g. 127.0.0.2 (Linux routes all of 127/8
             # to loopback).

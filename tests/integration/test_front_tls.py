@@ -19,6 +19,7 @@ import smtplib
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -374,6 +375,37 @@ def test_quit_inside_tls_ends_with_close_notify(aio_upstream, make_proxy, front_
     except ssl.SSLError as e:  # UNEXPECTED_EOF_WHILE_READING
         raise AssertionError(f"the proxy closed the TLS session without close_notify: {e}")
     assert rest == b"", rest
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pidfd_getfd on the proxy's socket needs root")
+def test_close_notify_follows_a_backlog_of_replies(aio_upstream, make_proxy, front_certs):
+    """A client that pipelines thousands of NOOPs and QUIT inside TLS and reads nothing for
+    a while (small socket buffers on both ends: the proxy's writes stall, a write stays in
+    flight and back-pressure stops its reading) still gets every reply, then the 221, then
+    close_notify: the alert is queued behind replies still in flight, never before them."""
+    proxy = offer_proxy(make_proxy, aio_upstream.addr, [front_certs["ec"]])
+    with harness.SmtpConn("127.0.0.1", proxy.port, rcvbuf=4096) as c:
+        c.greeting()
+        theirs = harness.proxy_socket(proxy.proc.pid, c.sock.getsockname())
+        assert theirs is not None
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.close()
+        c.ehlo()
+        assert c.cmd("STARTTLS").startswith("220 2.0.0")
+        c.start_tls(harness.tls_client_context(strict_eof=True), suppress_ragged_eofs=False)
+        c.ehlo()
+        n = 8000
+        c.send(b"NOOP\r\n" * n + b"QUIT\r\n")
+        time.sleep(1.0)  # the proxy's writes stall meanwhile
+        replies = c.replies(n + 1, timeout=60)
+        assert [r.code for r in replies[:n]] == [250] * n
+        assert replies[n].code == 221, replies[n]
+        c.sock.settimeout(10)
+        try:
+            rest = c.sock.recv(100)
+        except ssl.SSLError as e:
+            raise AssertionError(f"no close_notify after the replies: {e}")
+        assert rest == b"", rest
 
 
 def test_sclient_exits_cleanly_after_quit(aio_upstream, make_proxy, front_certs, sclient):

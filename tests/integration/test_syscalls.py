@@ -10,7 +10,6 @@ libuv turns the connect's registration into the read's, and the half-close after
 reply is a plain shutdown() with no epoll_ctl of its own.
 """
 
-import ctypes
 import os
 import re
 import shutil
@@ -182,32 +181,6 @@ def test_a_session_registers_its_sockets_without_a_failed_epoll_ctl(aio_upstream
     assert len([line for line in lines if "shutdown(%d, SHUT_WR)" % front in line]) == 1, lines
 
 
-def proxy_socket(pid, peer):
-    """A duplicate (pidfd_getfd) of the proxy's socket connected to |peer|, or None."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = os.pidfd_open(pid)
-    try:
-        for name in os.listdir("/proc/%d/fd" % pid):
-            try:
-                if not os.readlink("/proc/%d/fd/%s" % (pid, name)).startswith("socket:"):
-                    continue
-            except OSError:
-                continue
-            fd = libc.syscall(438, pidfd, int(name), 0)  # SYS_pidfd_getfd (x86-64)
-            if fd < 0:
-                continue
-            s = socket.socket(fileno=fd)
-            try:
-                if s.type == socket.SOCK_STREAM and s.getpeername() == peer:
-                    return s
-            except OSError:
-                pass
-            s.close()
-    finally:
-        os.close(pidfd)
-    return None
-
-
 def test_both_legs_have_nodelay_without_a_setsockopt_per_accept(aio_upstream, make_proxy):
     """TCP_NODELAY on both legs (a pipelined reply or command never waits for a delayed
     ACK); the client's leg has it from the listening socket, with no system call of its
@@ -218,8 +191,8 @@ def test_both_legs_have_nodelay_without_a_setsockopt_per_accept(aio_upstream, ma
     def session():
         with harness.SmtpConn("127.0.0.1", proxy.port) as c:
             assert c.greeting().code == 220  # leg 2 is up: its greeting came through
-            front = proxy_socket(proxy.proc.pid, c.sock.getsockname())
-            back = proxy_socket(proxy.proc.pid, (aio_upstream.host, aio_upstream.port))
+            front = harness.proxy_socket(proxy.proc.pid, c.sock.getsockname())
+            back = harness.proxy_socket(proxy.proc.pid, (aio_upstream.host, aio_upstream.port))
             for name, s in (("front", front), ("back", back)):
                 assert s is not None, name
                 found[name] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
