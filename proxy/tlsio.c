@@ -155,6 +155,7 @@ void tlsio_cleanup(struct tlsio *t)
     tlsio_recv_discard(t);
     buf_cleanup(&t->own_out);
     free(t->cache_key);
+    free(t->reason);
     tlsio_init(t);
     t->out = out;
     t->out_max = out_max;
@@ -404,10 +405,15 @@ void tlsio_feed_eof(struct tlsio *t)
 __attribute__((format(printf, 3, 4))) static enum tlsio_result
 tlsio_fail(struct tlsio *t, enum tlsio_failure failure, const char *fmt, ...)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(t->reason, sizeof(t->reason), fmt, ap);
-    va_end(ap);
+    if (t->reason == NULL) {
+        t->reason = malloc(TLSIO_REASON_MAX); /* NULL: the log says "" */
+    }
+    if (t->reason != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(t->reason, TLSIO_REASON_MAX, fmt, ap);
+        va_end(ap);
+    }
     t->failure = failure;
     ERR_clear_error();
     /* Whatever made the connection fail may be in the sessions we keep for it (a server
@@ -580,7 +586,7 @@ enum tlsio_failure tlsio_failure(const struct tlsio *t)
 
 const char *tlsio_reason(const struct tlsio *t)
 {
-    return t->reason;
+    return t->reason != NULL ? t->reason : "";
 }
 
 const char *tlsio_version(const struct tlsio *t)

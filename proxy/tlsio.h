@@ -94,7 +94,7 @@ struct tlsio {
     int alert_sent;
     long verify_error; /* first X509_V_ERR_* seen while verifying, 0 for none */
     enum tlsio_failure failure;
-    char reason[TLSIO_REASON_MAX];
+    char *reason; /* allocated at the failure (TLSIO_REASON_MAX): most sessions have none */
 };
 
 /*
