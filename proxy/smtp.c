@@ -583,93 +583,109 @@ static enum smtp_scan_event smtp_scan_step(enum smtp_scan_state *state, enum smt
  * The hot path, where a large message spends its time. Most of it is ordinary lines, in
  * which smtp_scan_step() only moves between SMTP_SCAN_TEXT, SMTP_SCAN_CR and
  * SMTP_SCAN_LINE_START and reports nothing. With SSE2 (x86-64's baseline; AVX2 where the
- * CPU has it, half the instructions), smtp_scan_blocks() checks that for 64 bytes at once, from bit
- * masks of their CRs, LFs, dots and NULs, without a branch per line; a block that holds anything
- * else (the end, a
- * "." line, a bare CR or LF, a NUL starting a line) is stepped through byte by byte, with
- * smtp_scan_find() skipping to the next CR or LF (8 bytes at a time where there is no
- * SSE2). So every byte is looked at in one sweep; the old loop ran memchr() twice per
- * line (CR, then LF: every byte read twice, two calls and two mispredicted loop exits per
- * line), and on bare-LF lines the CR search ran to the end of the buffer each time.
+ * CPU has it, half the instructions), smtp_scan_blocks() checks that for 64 bytes at once,
+ * from bit masks of their CRs, LFs, dots and NULs, without a branch per line; a block that
+ * holds anything else (the end, a "." line, a bare CR or LF, a NUL starting a line) is
+ * stepped through byte by byte, with smtp_scan_find() skipping to the next CR or LF (8
+ * bytes at a time where there is no SSE2). So every byte is looked at in one sweep; the
+ * old loop ran memchr() twice per line (CR, then LF: every byte read twice, two calls and
+ * two mispredicted loop exits per line), and on bare-LF lines the CR search ran to the end
+ * of the buffer each time.
  * Hand-written because no library does this scan: memchr() and friends find one byte.
  */
 #ifdef SMTP_SCAN_SSE2
-/* smtp_scan_bits16 reads the 16 bytes at |p|: the CRs, the LFs, and the dots and NULs
- * among them, as bit masks (bit k for p[k]) shifted left by |shift|. */
-static inline void smtp_scan_bits16(uint64_t *crs, uint64_t *lfs, uint64_t *dot_nul, const char *p,
-                                    int shift)
+/* The CRs, the LFs, and the dots and NULs among 64 bytes, as bit masks (bit k for byte k). */
+struct smtp_scan_masks {
+    uint64_t crs;
+    uint64_t lfs;
+    uint64_t dot_nul;
+};
+
+/* smtp_scan_masks_sse2 makes them with four 16-byte loads. */
+static inline struct smtp_scan_masks smtp_scan_masks_sse2(const char *p)
 {
-    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-    __m128i dn =
-        _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('.')), _mm_cmpeq_epi8(v, _mm_setzero_si128()));
-    *crs |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('\r'))) << shift;
-    *lfs |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('\n'))) << shift;
-    *dot_nul |= (uint64_t)(unsigned)_mm_movemask_epi8(dn) << shift;
+    struct smtp_scan_masks m = {0, 0, 0};
+#pragma GCC unroll 4
+    for (int k = 0; k < 64; k += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
+        __m128i dn = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('.')),
+                                  _mm_cmpeq_epi8(v, _mm_setzero_si128()));
+        m.crs |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('\r'))) << k;
+        m.lfs |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('\n'))) << k;
+        m.dot_nul |= (uint64_t)(unsigned)_mm_movemask_epi8(dn) << k;
+    }
+    return m;
 }
 
 /*
- * smtp_scan_clean tells whether a 64-byte block, given as the bit masks of its CRs, LFs and
- * dots-or-NULs, is clean: every CR is followed by an LF and every LF preceded by a CR (no
- * bare CR or LF; the pair may straddle two blocks: |*cr_in| says the byte before the block
- * was a CR, |*lf_in| an LF), and no line starts with "." or NUL. If it is, *cr_in and
- * *lf_in are updated for the next block.
+ * smtp_scan_clean_run passes whole 64-byte blocks of data[i, len) as long as each is clean:
+ * every CR is followed by an LF and every LF preceded by a CR (no bare CR or LF; the pair
+ * may straddle two blocks: |*cr_in| says the byte before the block was a CR, |*lf_in| an
+ * LF, both updated block by block), and no line starts with "." or NUL. Returns where it
+ * stopped. Inlined into one function per instruction set, with that set's |masks_of|.
  */
-static inline bool smtp_scan_clean(uint64_t crs, uint64_t lfs, uint64_t dot_nul, uint64_t *cr_in,
-                                   uint64_t *lf_in)
-{
-    /* The LFs must be exactly the bytes after the CRs, and no line may start with "." or
-     * NUL. */
-    uint64_t bad = ((crs << 1) | *cr_in) ^ lfs;
-    bad |= ((lfs << 1) | *lf_in) & dot_nul;
-    if (bad != 0) {
-        return false;
-    }
-    *cr_in = crs >> 63;
-    *lf_in = lfs >> 63;
-    return true;
-}
-
-#ifdef SMTP_SCAN_AVX2
-/* smtp_scan_bits32 is smtp_scan_bits16 for 32 bytes. */
-__attribute__((target("avx2"))) static inline void
-smtp_scan_bits32(uint64_t *crs, uint64_t *lfs, uint64_t *dot_nul, const char *p, int shift)
-{
-    __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)p);
-    __m256i dn = _mm256_or_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi8('.')),
-                                 _mm256_cmpeq_epi8(v, _mm256_setzero_si256()));
-    *crs |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8('\r')))
-            << shift;
-    *lfs |= (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8('\n')))
-            << shift;
-    *dot_nul |= (uint64_t)(uint32_t)_mm256_movemask_epi8(dn) << shift;
-}
-
-/* smtp_scan_blocks_avx2 is smtp_scan_blocks' loop with two 32-byte loads per block. */
-__attribute__((target("avx2"))) static size_t
-smtp_scan_blocks_avx2(uint64_t *cr_in, uint64_t *lf_in, const char *data, size_t i, size_t len)
+static inline __attribute__((always_inline)) size_t
+smtp_scan_clean_run(struct smtp_scan_masks (*masks_of)(const char *), uint64_t *cr_in,
+                    uint64_t *lf_in, const char *data, size_t i, size_t len)
 {
     while (len - i >= 64) {
-        uint64_t crs = 0;
-        uint64_t lfs = 0;
-        uint64_t dot_nul = 0;
-        smtp_scan_bits32(&crs, &lfs, &dot_nul, data + i, 0);
-        smtp_scan_bits32(&crs, &lfs, &dot_nul, data + i + 32, 32);
-        if (!smtp_scan_clean(crs, lfs, dot_nul, cr_in, lf_in)) {
+        struct smtp_scan_masks m = masks_of(data + i);
+        /* The LFs must be exactly the bytes after the CRs, and no line may start with "."
+         * or NUL. */
+        uint64_t bad = ((m.crs << 1) | *cr_in) ^ m.lfs;
+        bad |= ((m.lfs << 1) | *lf_in) & m.dot_nul;
+        if (bad != 0) {
             break;
         }
+        *cr_in = m.crs >> 63;
+        *lf_in = m.lfs >> 63;
         i += 64;
     }
     return i;
+}
+
+static size_t smtp_scan_blocks_sse2(uint64_t *cr_in, uint64_t *lf_in, const char *data, size_t i,
+                                    size_t len)
+{
+    return smtp_scan_clean_run(smtp_scan_masks_sse2, cr_in, lf_in, data, i, len);
+}
+
+#ifdef SMTP_SCAN_AVX2
+/* smtp_scan_masks_avx2 makes them with two 32-byte loads. */
+__attribute__((target("avx2"))) static inline struct smtp_scan_masks
+smtp_scan_masks_avx2(const char *p)
+{
+    struct smtp_scan_masks m = {0, 0, 0};
+#pragma GCC unroll 2
+    for (int k = 0; k < 64; k += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(p + k));
+        __m256i dn = _mm256_or_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi8('.')),
+                                     _mm256_cmpeq_epi8(v, _mm256_setzero_si256()));
+        m.crs |=
+            (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8('\r')))
+            << k;
+        m.lfs |=
+            (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8('\n')))
+            << k;
+        m.dot_nul |= (uint64_t)(uint32_t)_mm256_movemask_epi8(dn) << k;
+    }
+    return m;
+}
+
+__attribute__((target("avx2"))) static size_t
+smtp_scan_blocks_avx2(uint64_t *cr_in, uint64_t *lf_in, const char *data, size_t i, size_t len)
+{
+    return smtp_scan_clean_run(smtp_scan_masks_avx2, cr_in, lf_in, data, i, len);
 }
 #endif
 
 /*
  * smtp_scan_blocks passes whole 64-byte blocks of data[i, len) from |*state| (which must be
  * SMTP_SCAN_TEXT, SMTP_SCAN_CR or SMTP_SCAN_LINE_START) as long as each is clean (see
- * smtp_scan_clean). Stepping through such a block byte by byte would report nothing and
- * end in the state its last byte gives, which it stores in *state. Returns where it
- * stopped: at the first block that is not clean, or with fewer than 64 bytes left. Reads
- * only data[i, len).
+ * smtp_scan_clean_run), with AVX2 where the CPU has it. Stepping through such a block byte
+ * by byte would report nothing and end in the state its last byte gives, which it stores
+ * in *state. Returns where it stopped: at the first block that is not clean, or with fewer
+ * than 64 bytes left. Reads only data[i, len).
  */
 static size_t smtp_scan_blocks(enum smtp_scan_state *state, const char *data, size_t i, size_t len)
 {
@@ -681,19 +697,7 @@ static size_t smtp_scan_blocks(enum smtp_scan_state *state, const char *data, si
     } else
 #endif
     {
-        while (len - i >= 64) {
-            uint64_t crs = 0;
-            uint64_t lfs = 0;
-            uint64_t dot_nul = 0;
-            smtp_scan_bits16(&crs, &lfs, &dot_nul, data + i, 0);
-            smtp_scan_bits16(&crs, &lfs, &dot_nul, data + i + 16, 16);
-            smtp_scan_bits16(&crs, &lfs, &dot_nul, data + i + 32, 32);
-            smtp_scan_bits16(&crs, &lfs, &dot_nul, data + i + 48, 48);
-            if (!smtp_scan_clean(crs, lfs, dot_nul, &cr_in, &lf_in)) {
-                break;
-            }
-            i += 64;
-        }
+        i = smtp_scan_blocks_sse2(&cr_in, &lf_in, data, i, len);
     }
     *state = cr_in ? SMTP_SCAN_CR : lf_in ? SMTP_SCAN_LINE_START : SMTP_SCAN_TEXT;
     return i;
