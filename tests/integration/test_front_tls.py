@@ -408,6 +408,29 @@ def test_close_notify_follows_a_backlog_of_replies(aio_upstream, make_proxy, fro
         assert rest == b"", rest
 
 
+def test_idle_timeout_inside_tls_ends_with_421_and_close_notify(aio_upstream, make_proxy,
+                                                                front_certs, connect):
+    """Another way into the session's end: the command timeout. Inside TLS the 421 comes
+    first, then close_notify (a clean end the client can tell from a truncation), then the
+    proxy's FIN."""
+    proxy = offer_proxy(make_proxy, aio_upstream.addr, [front_certs["ec"]],
+                        extra={"timeouts": {"command": "1s"}})
+    c = connect(proxy.port)
+    c.greeting()
+    c.ehlo()
+    assert c.cmd("STARTTLS").startswith("220 2.0.0")
+    c.start_tls(harness.tls_client_context(strict_eof=True), suppress_ragged_eofs=False)
+    c.ehlo()
+    r = c.reply(timeout=10)
+    assert r.startswith("421 4.4.2"), r
+    c.sock.settimeout(10)
+    try:
+        rest = c.sock.recv(100)
+    except ssl.SSLError as e:
+        raise AssertionError(f"the proxy closed the TLS session without close_notify: {e}")
+    assert rest == b"", rest
+
+
 def test_sclient_exits_cleanly_after_quit(aio_upstream, make_proxy, front_certs, sclient):
     """openssl s_client (OpenSSL 3) exits 1 with "unexpected eof while reading" when the
     server closes without close_notify."""
